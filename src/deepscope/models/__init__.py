@@ -1,0 +1,1 @@
+"""Models: loading, preprocessing, class names, and importers."""
