@@ -1,0 +1,1 @@
+"""Sub-commands of the ``deepscope`` CLI, one module each."""
