@@ -232,7 +232,11 @@ class TFLiteImport:
     mean, std : tuple of float
         Per-channel normalisation of ``[0, 1]`` RGB pixels, derived from the input
         quantisation: a uint8 pixel ``p`` means ``(p - zero_point) * scale``, so
-        ``mean = zero_point / 255`` and ``std = 1 / (255 * scale)`` (about 0.5 / 0.5).
+        ``mean = zero_point / 255`` and ``std = 1 / (255 * scale)`` (for an int8
+        input, which stores ``p - 128``, ``mean = (zero_point + 128) / 255``).
+        That is 128/255 = 0.502 for both in the TF1 MobileNet files (scale 1/128,
+        zero point 128), i.e. about the usual ``x / 127.5 - 1``. A float input
+        tensor gets 0.5 / 0.5.
     name : str
         File name without the ``.tflite`` suffix.
     """
@@ -332,9 +336,11 @@ def _read_options(kind: str, fb_op) -> dict:
         "FULLY_CONNECTED": tflite.FullyConnectedOptions, "ADD": tflite.AddOptions,
         "MEAN": tflite.ReducerOptions,
     }
-    table = fb_op.BuiltinOptions()
-    if kind not in classes or table is None:
+    if kind not in classes:
         return {}
+    table = fb_op.BuiltinOptions()
+    if table is None:
+        raise ValueError(f"{kind} op without its options")
     opt = classes[kind]()
     opt.Init(table.Bytes, table.Pos)
     getters = ("Padding", "StrideH", "StrideW", "DilationHFactor", "DilationWFactor",
@@ -364,8 +370,12 @@ def _read_graph(path: str) -> _Graph:
             kind = _op_name(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
             if kind == "CUSTOM":
                 kind = f"CUSTOM ({(code.CustomCode() or b'').decode(errors='replace')})"
+            try:
+                options = _read_options(kind, fb_op)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err} (op #{i})") from err
             ops.append(_Op(i, kind, [int(t) for t in fb_op.InputsAsNumpy()],
-                           [int(t) for t in fb_op.OutputsAsNumpy()], _read_options(kind, fb_op)))
+                           [int(t) for t in fb_op.OutputsAsNumpy()], options))
         inputs = [int(t) for t in sg.InputsAsNumpy()]
         outputs = [int(t) for t in sg.OutputsAsNumpy()]
     except ValueError:
