@@ -57,9 +57,9 @@ def load_crop(path: Path, size: int) -> np.ndarray:
     """uint8 HWC RGB crop: shorter side resized to round(size/0.875), centre crop."""
     img = Image.open(path).convert("RGB")
     short = round(size / 0.875)
-    w, h = img.size
-    scale = short / min(w, h)
-    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
+    w, h = img.size  # as torchvision's Resize(short): the long side is truncated
+    img = img.resize((short, int(short * h / w)) if w <= h else (int(short * w / h), short),
+                     Image.BILINEAR)
     w, h = img.size
     left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)

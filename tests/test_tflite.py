@@ -85,8 +85,9 @@ def _crop(path: Path, size: int) -> np.ndarray:
     """uint8 HWC crop: shorter side round(size / 0.875), bilinear, centre crop."""
     img = Image.open(path).convert("RGB")
     short = round(size / 0.875)
-    scale = short / min(img.size)
-    img = img.resize(tuple(max(short, round(s * scale)) for s in img.size), Image.BILINEAR)
+    w, h = img.size  # as torchvision's Resize(short)
+    img = img.resize((short, int(short * h / w)) if w <= h else (int(short * w / h), short),
+                     Image.BILINEAR)
     left, top = (int(round((s - size) / 2.0)) for s in img.size)
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
