@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                         help="steps of iterative methods (default: each method's own)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--cache", default=None, metavar="DIR",
-                        help="cache of expensive results (default: $DEEPSCOPE_CACHE or ~/.cache/deepscope)")
+                        help="cache of expensive results (default: $DEEPSCOPE_CACHE, else ~/.cache/deepscope)")
     parser.add_argument("--no-cache", action="store_true", help="compute everything, store nothing")
     add_run_options(parser, out="deepscope-report")
     parser.set_defaults(run=run)

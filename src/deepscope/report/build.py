@@ -90,6 +90,6 @@ def footer(ctx: ReportContext) -> dict:
                 ("torch threads", str(torch.get_num_threads()))]
     times = [(name, f"{seconds:.1f} s") for name, seconds in ctx.timer.seconds.items()]
     times.append(("total", f"{ctx.timer.total:.1f} s"))
-    cache = "off" if ctx.cache.root is None else f"{ctx.cache.root} ({ctx.cache.hits} hits, {ctx.cache.misses} computed)"
+    cache = "off" if ctx.cache.folder is None else f"{ctx.cache.folder} ({ctx.cache.hits} hits, {ctx.cache.misses} computed)"
     return {"versions": versions, "settings": ctx.settings.as_rows() + [("cache", cache)], "times": times,
             "command": " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("deepscope", "cli.py")) else ""}

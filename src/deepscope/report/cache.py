@@ -1,7 +1,8 @@
 """A disk cache for the report's expensive steps (predictions, maps, features).
 
 Entries live under ``ROOT/report/KIND/ab/abcdef....pt`` where ROOT is ``--cache DIR``, else the
-environment variable ``DEEPSCOPE_CACHE``, else ``~/.cache/deepscope``. A key is the SHA-256 of what the
+environment variable ``DEEPSCOPE_CACHE``, else ``$XDG_CACHE_HOME/deepscope``, else ``~/.cache/deepscope``
+(feature banks go to ``ROOT/features/``). A key is the SHA-256 of what the
 result depends on: the model (its class, preprocessing and the bytes of every weight), the images (the
 bytes of each file), the method and the settings. Any change gives a new key, so an entry is never
 stale; a re-run that changes one section recomputes only that section. Entries are written atomically
@@ -27,8 +28,10 @@ CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    """``$DEEPSCOPE_CACHE``, else ``~/.cache/deepscope``."""
-    return Path(os.environ.get("DEEPSCOPE_CACHE") or Path.home() / ".cache" / "deepscope")
+    """``$DEEPSCOPE_CACHE``, else ``$XDG_CACHE_HOME/deepscope``, else ``~/.cache/deepscope``."""
+    if os.environ.get("DEEPSCOPE_CACHE"):
+        return Path(os.environ["DEEPSCOPE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepscope"
 
 
 def make_key(*parts: Any) -> str:
@@ -42,23 +45,25 @@ class Cache:
 
     Attributes
     ----------
+    folder : Path or None
+        The cache root (the report's entries go to its ``report/`` sub-folder); None: no cache.
     hits, misses : int
         Lookups answered from disk, and lookups that had to be computed.
     """
 
     def __init__(self, root: str | Path | None):
-        self.root = None if root is None else Path(root).expanduser() / "report"
+        self.folder = None if root is None else Path(root).expanduser()
         self.hits = 0
         self.misses = 0
         self._model_digests: dict[int, str] = {}
         self._file_digests: dict[Path, tuple[float, int, str]] = {}
 
     def _path(self, kind: str, key: str) -> Path:
-        return self.root / kind / key[:2] / f"{key}.pt"
+        return self.folder / "report" / kind / key[:2] / f"{key}.pt"
 
     def load(self, kind: str, key: str) -> Any | None:
         """The entry stored under ``kind``/``key``, or None (also for an unreadable entry)."""
-        if self.root is not None:
+        if self.folder is not None:
             path = self._path(kind, key)
             if path.is_file():
                 try:
@@ -73,7 +78,7 @@ class Cache:
 
     def save(self, kind: str, key: str, value: Any) -> None:
         """Store ``value`` (tensors, numbers, strings, lists and dicts of them) atomically."""
-        if self.root is None:
+        if self.folder is None:
             return
         with atomic_path(self._path(kind, key)) as tmp:
             torch.save(value, tmp)
