@@ -74,3 +74,10 @@ def test_class_list_matches_the_reference_synsets(data):
     classes = imagenet_classes()
     assert [line.split()[0] for line in lines] == list(classes.wnids)
     assert classes.index("n02099601") == 207 == classes.index("Golden Retriever")
+
+
+def test_imported_reference_mobilenet_v2_scores_on_in20(mobilenet_v2_import, in20):
+    result = classify(mobilenet_v2_import, scan_images(in20, mobilenet_v2_import.classes), batch_size=50)
+    assert len(result.paths) == 500
+    # measured 68.6% top-1 / 90.2% top-5 (the float reference of the README: 69.0% / 90.4%)
+    assert result.accuracy(1) >= 0.685 and result.accuracy(5) >= 0.895
