@@ -68,6 +68,7 @@ def test_small_report_structure(tmp_path, tiny_cnn, photo_folder):
     path = write_report(_context(loaded, photo_folder), tmp_path / "out")
     assert_unchanged(tiny_cnn, before)
     assert path == tmp_path / "out" / "report.html"
+    assert path.stat().st_mode & 0o644 == 0o644  # readable by others, like any file the user writes
     page = path.read_text(encoding="utf-8")
 
     for name in SECTIONS:

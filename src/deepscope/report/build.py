@@ -66,6 +66,8 @@ def write_report(ctx: ReportContext, out: str | Path, sections: str | Sequence[s
     started = datetime.datetime.now().astimezone()
     with ctx.timer.step("classify images"):
         ctx.classification()
+    if log:
+        log(f"classify images: {ctx.timer.seconds['classify images']:.1f} s")
     built = build_sections(ctx, names, log)
     methods: list[str] = []
     for section in built:

@@ -19,6 +19,8 @@ from deepscope.render.report import heatmap_layer_uri, photo_uri
 from deepscope.report.base import MapLayer, ReportContext, SaliencyCard, Section, Table
 from deepscope.report.cache import make_key
 
+#: images per attribution call: bounds the memory of a backward pass (a method batches its own work inside)
+CHUNK = 8
 #: a map counts as signed when its most negative value reaches this share of its largest |value|
 SIGNED_SHARE = 0.05
 
@@ -40,7 +42,7 @@ def saliency_section(ctx: ReportContext) -> Section:
         cls, prob = predictions[row]
         details = []
         if label is not None:
-            details.append(f"true class: {ctx.class_name(label)}" + (" (correct)" if label == cls else " (wrong)"))
+            details.append(f"true class: {ctx.class_name(label)}" + (" (predicted correctly)" if label == cls else " (misclassified)"))
         elif folder is not None:
             details.append(f"folder: {folder}")
         cards.append(SaliencyCard(title=path.name, photo=photo_uri(pixels[row]),
@@ -71,16 +73,16 @@ def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: to
     stored = [ctx.cache.load("maps", key) for key in keys]
     todo = [row for row, entry in enumerate(stored) if entry is None]
     bar.update(len(samples) - len(todo))
-    for start in range(0, len(todo), settings.batch_size):
-        rows = todo[start:start + settings.batch_size]
+    for start in range(0, len(todo), CHUNK):
+        rows = todo[start:start + CHUNK]
         inputs = ctx.loaded.preprocess.normalize(pixels[rows]).to(ctx.device)
         try:
             raw = method.attribute(inputs, target=targets[rows].to(ctx.device))
         except UnsupportedModelError as error:
-            bar.update(len(samples) - start)
+            bar.update(len(todo) - start)
             return [MapLayer(name, note=f"not applicable: {error}") for _ in samples]
         except DeepscopeError as error:
-            bar.update(len(samples) - start)
+            bar.update(len(todo) - start)
             return [MapLayer(name, note=f"failed: {error}") for _ in samples]
         maps, signed = display_maps(raw, tuple(pixels.shape[-2:]))
         for j, row in enumerate(rows):
