@@ -35,6 +35,7 @@ def test_rgb_tiles_hand_checked_per_filter_and_shared():
     assert torch.allclose(shared.tiles, (weight + 22) / 33)
     assert shared.tiles[1, 0, 0, 0].item() == pytest.approx(26 / 33)
     assert "per-filter" in per.description and "shared" in shared.description
+    assert "1 constant (dead) filter shown flat" in per.description
     assert_unchanged(model, before)
 
 

@@ -166,11 +166,14 @@ def filter_view(model: nn.Module, layer: str | None = None, *, normalize: str = 
         tiles, used = weight[outputs][:, inputs, 0, 0].clone(), "none"
     else:
         tiles, used = normalize_filters(weight, normalize)[outputs][:, inputs], normalize
+    flat = weight[outputs].flatten(1)
+    constant = int((flat.amax(dim=1) == flat.amin(dim=1)).sum()) if kind != "pointwise" else 0
     return FilterView(name, kind, tiles, outputs, inputs, tuple(weight.shape), used,
-                      _describe(name, conv, kind, outputs, inputs, used))
+                      _describe(name, conv, kind, outputs, inputs, used, constant))
 
 
-def _describe(name: str, conv: nn.Conv2d, kind: str, outputs: torch.Tensor, inputs: torch.Tensor, used: str) -> str:
+def _describe(name: str, conv: nn.Conv2d, kind: str, outputs: torch.Tensor, inputs: torch.Tensor, used: str,
+              constant: int) -> str:
     out_channels, in_per_group, kh, kw = conv.weight.shape
     shape = "x".join(str(s) for s in conv.weight.shape)
     what = {"rgb": "colour filters", "depthwise": "depthwise filters, one per channel",
@@ -184,4 +187,6 @@ def _describe(name: str, conv: nn.Conv2d, kind: str, outputs: torch.Tensor, inpu
     if conv.groups > 1 and kind != "depthwise":
         text += f"; inputs are within each filter's group of {in_per_group}"
     text += "; raw weights (signed)" if used == "none" else f"; normalised {used} to [0, 1]"
+    if constant:
+        text += f"; {constant} constant (dead) filter{'s' if constant > 1 else ''} shown flat"
     return text
