@@ -16,6 +16,9 @@ from torch import nn
 from deepscope.attribution.base import Attribution
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
+from deepscope.attribution.integrated_gradients import IntegratedGradients
+from deepscope.attribution.occlusion import Occlusion
+from deepscope.attribution.smoothgrad import SmoothGrad
 from deepscope.errors import DeepscopeError, did_you_mean
 
 
@@ -35,6 +38,13 @@ METHODS: dict[str, MethodInfo] = {
                    "max over colour channels of |d score / d pixel|"),
         MethodInfo("guided", GuidedBackprop, "Springenberg et al. 2015",
                    "gradient where ReLUs pass only positive gradients of positive inputs"),
+        MethodInfo("occlusion", Occlusion, "Zeiler & Fergus 2014",
+                   "drop of the class score when a 16 px patch is zeroed, averaged over the patches covering a pixel"),
+        MethodInfo("smoothgrad", lambda model, n=25, noise=0.15, batch_size=25, seed=0:
+                   SmoothGrad(Gradient(model), n=n, noise=noise, batch_size=batch_size, seed=seed),
+                   "Smilkov et al. 2017", "gradient saliency averaged over 25 copies with 15% Gaussian noise"),
+        MethodInfo("ig", IntegratedGradients, "Sundararajan, Taly & Yan 2017",
+                   "gradients integrated along the path from a zero baseline to the image, times the difference"),
     ]
 }
 
