@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from deepscope.attribution.base import Attribution
+from deepscope.attribution.cam import CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.errors import DeepscopeError, did_you_mean
@@ -35,6 +36,14 @@ METHODS: dict[str, MethodInfo] = {
                    "max over colour channels of |d score / d pixel|"),
         MethodInfo("guided", GuidedBackprop, "Springenberg et al. 2015",
                    "gradient where ReLUs pass only positive gradients of positive inputs"),
+        MethodInfo("cam", CAM, "Zhou et al. 2016", "final linear layer's class weights x last conv maps (GAP heads)"),
+        MethodInfo("gradcam", GradCAM, "Selvaraju et al. 2017", "layer maps weighted by their mean gradient"),
+        MethodInfo("gradcam++", GradCAMPlusPlus, "Chattopadhay et al. 2018",
+                   "layer maps weighted by positive gradients with higher-order alphas"),
+        MethodInfo("scorecam", ScoreCAM, "Wang et al. 2020",
+                   "layer maps weighted by the score of the input masked with each map"),
+        MethodInfo("layercam", LayerCAM, "Jiang et al. 2021", "layer maps weighted per position by positive gradients"),
+        MethodInfo("guided-gradcam", GuidedGradCAM, "Selvaraju et al. 2017", "guided backprop x upsampled Grad-CAM"),
     ]
 }
 
