@@ -1,6 +1,7 @@
 """Attribution methods: which input pixels drive a prediction. See :mod:`deepscope.attribution.base`."""
 
 from deepscope.attribution.base import Attribution
+from deepscope.attribution.cam import CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM  # noqa: F401
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.attribution.integrated_gradients import IntegratedGradients

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from deepscope.attribution.base import Attribution
+from deepscope.attribution.cam import CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.attribution.integrated_gradients import IntegratedGradients
@@ -45,6 +46,15 @@ METHODS: dict[str, MethodInfo] = {
                    "Smilkov et al. 2017", "gradient saliency averaged over 25 copies with 15% Gaussian noise"),
         MethodInfo("ig", IntegratedGradients, "Sundararajan, Taly & Yan 2017",
                    "gradients integrated along the path from a zero baseline to the image, times the difference"),
+
+        MethodInfo("cam", CAM, "Zhou et al. 2016", "final linear layer's class weights x last conv maps (GAP heads)"),
+        MethodInfo("gradcam", GradCAM, "Selvaraju et al. 2017", "layer maps weighted by their mean gradient"),
+        MethodInfo("gradcam++", GradCAMPlusPlus, "Chattopadhay et al. 2018",
+                   "layer maps weighted by positive gradients with higher-order alphas"),
+        MethodInfo("scorecam", ScoreCAM, "Wang et al. 2020",
+                   "layer maps weighted by the score of the input masked with each map"),
+        MethodInfo("layercam", LayerCAM, "Jiang et al. 2021", "layer maps weighted per position by positive gradients"),
+        MethodInfo("guided-gradcam", GuidedGradCAM, "Selvaraju et al. 2017", "guided backprop x upsampled Grad-CAM"),
     ]
 }
 
