@@ -46,7 +46,6 @@ METHODS: dict[str, MethodInfo] = {
                    "Smilkov et al. 2017", "gradient saliency averaged over 25 copies with 15% Gaussian noise"),
         MethodInfo("ig", IntegratedGradients, "Sundararajan, Taly & Yan 2017",
                    "gradients integrated along the path from a zero baseline to the image, times the difference"),
-
         MethodInfo("cam", CAM, "Zhou et al. 2016", "final linear layer's class weights x last conv maps (GAP heads)"),
         MethodInfo("gradcam", GradCAM, "Selvaraju et al. 2017", "layer maps weighted by their mean gradient"),
         MethodInfo("gradcam++", GradCAMPlusPlus, "Chattopadhay et al. 2018",
