@@ -17,6 +17,7 @@ from deepscope.attribution.base import Attribution
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.errors import DeepscopeError, did_you_mean
+from deepscope.evaluation.controls import CenterMap, RandomMap
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ METHODS: dict[str, MethodInfo] = {
                    "max over colour channels of |d score / d pixel|"),
         MethodInfo("guided", GuidedBackprop, "Springenberg et al. 2015",
                    "gradient where ReLUs pass only positive gradients of positive inputs"),
+        MethodInfo("random", RandomMap, "control", "uniform noise (seeded): the chance level of every metric"),
+        MethodInfo("center", CenterMap, "control", "a Gaussian at the image centre: the centre-bias baseline"),
     ]
 }
 
