@@ -174,10 +174,10 @@ def _timm_model(name: str, pretrained: bool, num_classes: int | None) -> LoadedM
 
 
 def _tflite_model(path: Path) -> LoadedModel:
-    from deepscope.models.tflite import load_tflite
-
     if not path.is_file():
         raise ModelSpecError(f"{path}: no such TFLite file.")
+    from deepscope.models.tflite import load_tflite
+
     try:
         imported = load_tflite(path)
     except ValueError as error:
