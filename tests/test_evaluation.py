@@ -1,5 +1,7 @@
 """Faithfulness metrics: known answers on hand-built models, invariants, and the user's model left as it was."""
 
+import warnings
+
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -220,3 +222,58 @@ def test_controls_follow_the_protocol(tiny_cnn):
     assert center.shape == (2, 1, 10, 12)
     assert torch.allclose(center, center.flip(-1)) and torch.allclose(center, center.flip(-2))
     assert center[0, 0, 4:6, 5:7].min() == center.max()
+
+
+# -- the table and the CLI ---------------------------------------------------------------------------
+COLOUR_FOLDERS = {"n01440764": (1, 0, 0), "n01443537": (0, 1, 0), "n01484850": (0, 0, 1), "n01491361": (1, 1, 1)}
+
+
+def colour_classifier() -> nn.Module:
+    """ImageNet-shaped (1000 logits) model that tells red, green, blue and white photos apart (classes 0-3)."""
+    linear = nn.Linear(3, 1000)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.fill_(-10.0)
+        linear.weight[:3] = torch.eye(3) * 1.5 - 0.5  # own channel minus half of the two others
+        linear.weight[3], linear.bias[:4] = 1 / 3, torch.tensor([0.0, 0.0, 0.0, -0.6])
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear).eval()
+
+
+@pytest.fixture
+def colour_photos(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for wnid, colour in COLOUR_FOLDERS.items():
+        (tmp_path / "photos" / wnid).mkdir(parents=True)
+        for k in range(2):
+            pixels = (torch.tensor(colour).view(1, 1, 3) * 0.8 + 0.2 * torch.rand(40, 48, 3, generator=g)) * 255
+            Image.fromarray(pixels.byte().numpy()).save(tmp_path / "photos" / wnid / f"{k}.png")
+    model_path = tmp_path / "colours.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; TorchScript files still exist
+        torch.jit.script(colour_classifier()).save(str(model_path))
+    return tmp_path / "photos", model_path
+
+
+def test_evaluate_command_writes_the_table_and_figures(colour_photos, tmp_path, capsys):
+    from deepscope.cli import main
+
+    photos, model_path = colour_photos
+    out = tmp_path / "out"
+    argv = ["evaluate", str(model_path), str(photos), "--methods", "gradient,random,center", "--steps", "4",
+            "--mosaics", "5", "--cascade-steps", "2", "--images-per-class", "1", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "gradient" in printed and "center" in printed
+    rows = (out / "evaluation.csv").read_text().splitlines()
+    assert rows[0].startswith("method,deletion_auc") and [r.split(",")[0] for r in rows[1:]] == ["gradient", "random", "center"]
+    # the gradient of a model of channel means is the same everywhere: the pointing game's chance level
+    pointing = [float(r.split(",")[5]) for r in rows[1:]]
+    assert pointing == pytest.approx([0.25, 0.25, 0.25], abs=0.02)
+    assert "| gradient |" in (out / "evaluation.md").read_text()
+    for name in ("deletion_insertion.png", "randomization.png", "randomization_similarity.png"):
+        assert (out / name).stat().st_size > 1000
+    assert main(argv) == 2 and "--force" in capsys.readouterr().err
+    assert main(argv[:4] + ["gradient,gradeint"] + argv[5:] + ["--force"]) == 2
+    assert "unknown method 'gradeint'" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from deepscope import __version__
 from deepscope.errors import DeepscopeError
 
 #: Sub-command modules, in the order ``deepscope --help`` lists them.
-COMMANDS = ("models", "layers", "classify")
+COMMANDS = ("models", "layers", "classify", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,8 @@ the sign; maps reduced with ``abs-max`` are already absolute); ``ssim`` is
 from __future__ import annotations
 
 import copy
+import io
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +33,7 @@ from deepscope.attribution.base import check_inputs
 from deepscope.errors import DeepscopeError
 from deepscope.evaluation.common import DEFAULT_REDUCTION, Explainer, saliency
 from deepscope.maps import normalize
-from deepscope.probe import Probe, get_layer
+from deepscope.probe import Probe, get_layer, model_device
 from deepscope.targets import Target, resolve_target
 
 #: Builds the explanation for a model: an Attribution class, ``lambda m: Method(m, ...)``, or a method name.
@@ -135,7 +137,7 @@ def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: tor
     size = tuple(inputs.shape[-2:])
     original = saliency(build(model)(inputs, resolved).detach(), size, reduction)
 
-    randomized = copy.deepcopy(model)
+    randomized = copy_model(model)
     cascade = list(layers) if layers is not None else randomization_layers(randomized, depth)
     if max_steps is not None:
         cascade = cascade[:max_steps]
@@ -156,6 +158,19 @@ def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: tor
         ssim=torch.stack([ssim(original, m) for m in maps]))
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """An independent copy of ``model``; TorchScript modules go through a save/load round trip
+    (``copy.deepcopy`` of a ScriptModule gives parameters that are not leaves)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but the user's file is one
+            torch.jit.save(model, buffer)
+            buffer.seek(0)
+            return torch.jit.load(buffer, map_location=model_device(model))
+    return copy.deepcopy(model)
+
+
 def _builder(method: MethodBuilder) -> Callable[[nn.Module], Explainer]:
     if isinstance(method, str):
         from deepscope.attribution.registry import build_method
@@ -168,10 +183,16 @@ def _builder(method: MethodBuilder) -> Callable[[nn.Module], Explainer]:
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks (from 1) of a 1-D tensor; tied values share their average rank, as in Spearman's definition."""
-    _, inverse, counts = torch.unique(values, sorted=True, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).to(torch.float64)
-    return (ends - (counts.to(torch.float64) - 1) / 2)[inverse]
+    """Ranks (from 1) along the last dimension of (N, K) ``values``; tied values share their average rank."""
+    ordered, order = values.sort(dim=1)
+    position = torch.arange(values.shape[1], device=values.device, dtype=torch.float64).expand_as(ordered)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = starts.cumsum(dim=1) - 1  # tie group of each sorted value
+    first = torch.zeros_like(position).scatter_reduce(1, group, position, "amin", include_self=False)
+    last = torch.zeros_like(position).scatter_reduce(1, group, position, "amax", include_self=False)
+    average = (first.gather(1, group) + last.gather(1, group)) / 2 + 1
+    return torch.empty_like(average).scatter_(1, order, average)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -181,12 +202,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if a.shape != b.shape:
         raise DeepscopeError(f"maps to compare must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
-    out = []
-    for x, y in zip(a.flatten(1), b.flatten(1)):
-        rx, ry = average_ranks(x), average_ranks(y)
-        rx, ry = rx - rx.mean(), ry - ry.mean()
-        out.append((rx * ry).sum() / (rx.norm() * ry.norm()))
-    return torch.stack(out).float()
+    ra, rb = average_ranks(a.flatten(1)), average_ranks(b.flatten(1))
+    ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
+    return ((ra * rb).sum(dim=1) / (ra.norm(dim=1) * rb.norm(dim=1))).float()
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
