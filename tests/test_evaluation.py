@@ -277,3 +277,22 @@ def test_evaluate_command_writes_the_table_and_figures(colour_photos, tmp_path, 
     assert main(argv) == 2 and "--force" in capsys.readouterr().err
     assert main(argv[:4] + ["gradient,gradeint"] + argv[5:] + ["--force"]) == 2
     assert "unknown method 'gradeint'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_metrics_stay_on_the_input_device_and_agree_with_the_cpu(tiny_cnn):
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    maps = Gradient(tiny_cnn)(x)
+    cpu = [deletion_curve(tiny_cnn, x, maps, steps=8), insertion_curve(tiny_cnn, x, maps, steps=8)]
+    cpu_cascade = cascading_randomization(Gradient, tiny_cnn, x, max_steps=2)
+    model, xg, maps_g = tiny_cnn.cuda(), x.cuda(), maps.cuda()
+    gpu = [deletion_curve(model, xg, maps_g, steps=8), insertion_curve(model, xg, maps_g, steps=8)]
+    for a, b in zip(cpu, gpu):
+        assert b.probabilities.is_cuda and torch.allclose(a.probabilities, b.probabilities.cpu(), atol=1e-4)
+    cascade = cascading_randomization(Gradient, model, xg, max_steps=2)
+    assert cascade.maps.is_cuda and cascade.spearman.is_cuda
+    assert torch.allclose(cascade.spearman.cpu(), cpu_cascade.spearman, atol=1e-3)
+    bright, (tiles, labels) = BrightChannelModel(), toy_photos()
+    pointing = grid_pointing_game(Gradient(bright), bright, tiles.cuda(), labels, mosaics=6)
+    assert pointing.scores.is_cuda and pointing.mean == pytest.approx(1.0)
+    assert RandomMap(model)(xg).is_cuda and CenterMap(model)(xg).is_cuda

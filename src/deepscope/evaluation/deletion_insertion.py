@@ -47,7 +47,7 @@ class PerturbationCurve:
     probabilities : (N, steps + 1) tensor
         Softmax probability of each sample's target class at each point.
     targets : (N,) tensor
-        The class tracked for each sample.
+        The class tracked for each sample (-1 for a callable target).
     """
 
     kind: str
@@ -162,6 +162,7 @@ def _curve(kind, model, inputs, maps, target, steps, baseline, batch_size, reduc
                 scores[flat] = target_scores(output, resolved).float()
             bar.update(len(flat))
     fractions = counts.float() / (h * w)
-    targets = resolved if isinstance(resolved, torch.Tensor) else torch.full((n,), -1, device=inputs.device)
+    # clone: a normal tensor (not an inference-mode one) that callers may use in autograd
+    targets = resolved.clone() if isinstance(resolved, torch.Tensor) else torch.full((n,), -1, device=inputs.device)
     return PerturbationCurve(kind, fractions, scores.view(n, steps + 1), targets)
 

@@ -63,6 +63,7 @@ class MethodEvaluation:
             "insertion_sem": _sem(self.insertion.auc) if self.insertion else nan,
             "pointing": self.pointing.mean if self.pointing else nan,
             "pointing_sem": self.pointing.sem if self.pointing else nan,
+            "pointing_std": self.pointing.std if self.pointing else nan,
             "mosaics": len(self.pointing.scores) if self.pointing else 0,
             "randomization_spearman": self.randomization.top_layer_spearman if self.randomization else nan,
             "randomization_ssim": self.randomization.top_layer_ssim if self.randomization else nan,
@@ -121,6 +122,8 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
     layer, batch_size, seed
         Offered to every method's constructor (each takes those it accepts).
     """
+    from tqdm.auto import tqdm
+
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         build_method(unknown[0], loaded.model)  # raises with the list of names
@@ -130,7 +133,7 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
     labelled = [i for i, label in enumerate(chosen.labels) if label is not None]
     options = {"layer": layer, "batch_size": batch_size, "seed": seed}
     results = []
-    for name in methods:
+    for name in tqdm(methods, desc="methods", unit="method", disable=not progress):
         started = time.perf_counter()
         evaluation = MethodEvaluation(name)
         try:
