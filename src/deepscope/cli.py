@@ -14,7 +14,8 @@ from deepscope import __version__
 from deepscope.errors import DeepscopeError
 
 #: Sub-command modules, in the order ``deepscope --help`` lists them.
-COMMANDS = ("models", "layers", "classify", "filters", "features", "explain", "neurons", "classviz", "dream")
+COMMANDS = ("models", "layers", "classify", "filters", "features", "explain", "neurons", "classviz", "dream",
+            "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

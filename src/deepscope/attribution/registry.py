@@ -21,6 +21,7 @@ from deepscope.attribution.integrated_gradients import IntegratedGradients
 from deepscope.attribution.occlusion import Occlusion
 from deepscope.attribution.smoothgrad import SmoothGrad
 from deepscope.errors import DeepscopeError, did_you_mean
+from deepscope.evaluation.controls import CenterMap, RandomMap
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ METHODS: dict[str, MethodInfo] = {
                    "layer maps weighted by the score of the input masked with each map"),
         MethodInfo("layercam", LayerCAM, "Jiang et al. 2021", "layer maps weighted per position by positive gradients"),
         MethodInfo("guided-gradcam", GuidedGradCAM, "Selvaraju et al. 2017", "guided backprop x upsampled Grad-CAM"),
+        MethodInfo("random", RandomMap, "control", "uniform noise (seeded): the chance level of every metric"),
+        MethodInfo("center", CenterMap, "control", "a Gaussian at the image centre: the centre-bias baseline"),
     ]
 }
 
