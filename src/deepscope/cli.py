@@ -14,7 +14,8 @@ from deepscope import __version__
 from deepscope.errors import DeepscopeError
 
 #: Sub-command modules, in the order ``deepscope --help`` lists them.
-COMMANDS = ("models", "layers", "classify", "report")
+COMMANDS = ("models", "layers", "classify", "filters", "features", "explain", "neurons", "classviz", "dream",
+            "evaluate", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

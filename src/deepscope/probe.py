@@ -149,6 +149,35 @@ class Probe:
         for module in modules:
             self._handles.append(module.register_forward_hook(hook))
 
+    def capture_inputs(self, layers: Iterable[str]) -> None:
+        """Also capture each named layer's first input, as ``activations[f"{name}:input"]``.
+
+        For example the input of a classifier's last ``nn.Linear`` (the penultimate features). A
+        forward pre-hook, detached like the output captures, removed when the probe exits.
+        """
+        if not self._active:
+            raise RuntimeError("use the Probe inside a `with` block")
+        for name in layers:
+            def hook(module, args, key=f"{name}:input"):
+                if args and isinstance(args[0], torch.Tensor):
+                    tensor = args[0]
+                    self.activations[key] = tensor.detach() if self.detach or not torch.is_grad_enabled() else tensor
+            self._handles.append(get_layer(self.model, name).register_forward_pre_hook(hook))
+
+    def replace_output(self, name: str, rule: Callable[[torch.Tensor], torch.Tensor | None]) -> None:
+        """At every forward pass, replace layer ``name``'s output by ``rule(output)`` (``None`` keeps it).
+
+        Used to run the rest of a model from a given activation (incremental occlusion) or to ablate
+        a layer's output. The hook goes away when the probe exits.
+        """
+        if not self._active:
+            raise RuntimeError("use the Probe inside a `with` block")
+
+        def hook(module, args, output):
+            return rule(output)
+
+        self._handles.append(get_layer(self.model, name).register_forward_hook(hook))
+
     def hook_count(self) -> int:
         """Hooks this probe has registered and not yet removed."""
         return len(self._handles)

@@ -73,6 +73,11 @@ def repeat_target(target: torch.Tensor | Callable, repeats: int) -> torch.Tensor
     return target
 
 
+def select_target(target: torch.Tensor | Callable, samples: torch.Tensor) -> torch.Tensor | Callable:
+    """The resolved target of a batch made of the given rows (sample indices) of the original batch."""
+    return target[samples] if isinstance(target, torch.Tensor) else target
+
+
 def layer_scores(activation: torch.Tensor, target: int | Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """(N,) scores of an intermediate layer's activation, for explaining a channel or a neuron.
 

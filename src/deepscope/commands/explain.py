@@ -1,0 +1,103 @@
+"""``deepscope explain MODEL IMAGES``: attribution maps, one panel per image and one grid of images x methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from deepscope.attribution.registry import METHODS, build_method
+from deepscope.commands.common import (add_images_argument, add_model_argument, add_run_options, images_from_args,
+                                       model_from_args, report_skipped)
+from deepscope.errors import DeepscopeError, did_you_mean
+from deepscope.fileio import check_writable
+from deepscope.images import load_inputs
+from deepscope.probe import batched_forward, model_device
+from deepscope.render.attribution import attribution_grid, attribution_panel
+from deepscope.render.common import save_figure
+
+DEFAULT_METHODS = "occlusion,gradient,smoothgrad,ig,guided"
+#: methods whose ``layer`` option changes what is explained (a layer's channel, not a class): not given --layer
+_CLASS_ONLY = ("gradient", "guided")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("explain", help="which pixels drive a prediction: saliency maps per image",
+                                   description="Explain each image's prediction (or a chosen class) with attribution "
+                                   "methods; writes one panel per image and a grid of images x methods.")
+    add_model_argument(parser)
+    add_images_argument(parser)
+    parser.add_argument("--method", default=DEFAULT_METHODS,
+                        help=f"comma-separated methods (default {DEFAULT_METHODS}); available: {', '.join(METHODS)}")
+    parser.add_argument("--target", default="pred", help="pred (each image's predicted class), a class index or a "
+                        "class name / WordNet id (default pred)")
+    parser.add_argument("--layer", default=None, help="layer for the CAM methods (see `deepscope layers MODEL`)")
+    parser.add_argument("--limit", type=int, default=16, help="explain at most this many images (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of SmoothGrad's noise (default 0)")
+    add_run_options(parser, out="explain")
+    parser.set_defaults(run=run)
+
+
+def parse_methods(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise DeepscopeError("--method is empty; name at least one method, e.g. --method gradient.")
+    for name in names:
+        if name not in METHODS:
+            raise DeepscopeError(f"--method: unknown method {name!r}.{did_you_mean(name, METHODS)} "
+                                 f"Choose from: {', '.join(METHODS)}.")
+    return list(dict.fromkeys(names))
+
+
+def run(args) -> int:
+    methods = parse_methods(args.method)
+    if args.limit < 1:
+        raise DeepscopeError(f"--limit must be positive, got {args.limit}.")
+    loaded = model_from_args(args)
+    target = None if args.target == "pred" else loaded.classes.index(args.target)
+    images = images_from_args(args, loaded)
+    if not len(images):
+        raise DeepscopeError(f"no images found in {args.images}.")
+    paths = list(images.paths[: args.limit])
+    out = Path(args.out)
+    panel_files = [out / f"{i:03d}_{Path(p).stem}.png" for i, p in enumerate(paths)]
+    grid_file = out / "grid.png"
+    for file in [*panel_files, grid_file]:
+        check_writable(file, args.force)
+
+    device = model_device(loaded.model)
+    inputs = load_inputs(paths, loaded.preprocess).to(device)
+    if target is None:
+        targets = batched_forward(loaded.model, inputs, args.batch_size).argmax(1).tolist()
+    else:
+        targets = [target] * len(paths)
+    built = {}
+    for name in methods:
+        options = {"batch_size": args.batch_size, "seed": args.seed, "preprocess": loaded.preprocess}
+        if name not in _CLASS_ONLY:
+            options["layer"] = args.layer
+        built[name] = build_method(name, loaded.model, **options)
+
+    maps = {name: [] for name in methods}
+    with tqdm(total=len(paths) * len(methods), desc="explain", unit="map", disable=args.quiet) as bar:
+        for i in range(len(paths)):
+            for name, method in built.items():
+                bar.set_postfix_str(f"{Path(paths[i]).name} {name}")
+                maps[name].append(method(inputs[i:i + 1], target=targets[i]).detach().cpu())
+                bar.update()
+    maps = {name: torch.cat(found) for name, found in maps.items()}
+
+    pixels = loaded.preprocess.denormalize(inputs).clamp(0, 1).cpu()
+    target_names = [loaded.classes.names[t] for t in targets]
+    for i, file in enumerate(panel_files):
+        figure = attribution_panel(pixels[i], {name: found[i] for name, found in maps.items()}, target_names[i],
+                                   image_title=Path(paths[i]).name)
+        save_figure(figure, file)
+    save_figure(attribution_grid(pixels, maps, [Path(p).name for p in paths], target_names), grid_file)
+    print(f"wrote {len(panel_files)} panel(s) and {grid_file} ({', '.join(methods)}; "
+          f"target {'predicted class' if target is None else target_names[0]})")
+    if len(images) > len(paths):
+        print(f"explained the first {len(paths)} of {len(images)} images (raise --limit for more)")
+    report_skipped(images)
+    return 0

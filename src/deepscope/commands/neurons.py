@@ -1,0 +1,66 @@
+"""``deepscope neurons MODEL IMAGES --layer NAME --channels 0,5,17 --top 9``: top-activating crops and guided backprop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from deepscope.commands.common import (add_images_argument, add_model_argument, add_run_options, images_from_args,
+                                       model_from_args, report_skipped)
+from deepscope.errors import DeepscopeError
+from deepscope.fileio import check_writable, write_text
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("neurons", help="top-activating image crops of a layer's channels, with guided backprop",
+                                   description="Scan IMAGES for the regions where each channel of a layer fires most; "
+                                   "crop them at the neuron's receptive field and show the neuron's guided backprop.")
+    add_model_argument(parser)
+    add_images_argument(parser)
+    parser.add_argument("--layer", required=True, help="layer name (see `deepscope layers MODEL`)")
+    parser.add_argument("--channels", type=int_list, default=[0, 1, 2], help="comma-separated channels (default 0,1,2)")
+    parser.add_argument("--top", type=int, default=9, help="crops per channel (default 9)")
+    add_run_options(parser, out="out/neurons")
+    parser.set_defaults(run=run)
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,5,17, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one channel")
+    return values
+
+
+def run(args) -> int:
+    from deepscope.neurons import neuron_view
+    from deepscope.render.common import save_figure
+    from deepscope.render.neurons import neuron_figure
+
+    if args.top < 1:
+        raise DeepscopeError(f"--top must be at least 1, got {args.top}.")
+    out = Path(args.out)
+    stem = f"neurons_{args.layer.replace('.', '_')}"
+    figure_path = check_writable(out / f"{stem}.png", args.force)
+    json_path = check_writable(out / f"{stem}.json", args.force)
+    loaded = model_from_args(args)
+    images = images_from_args(args, loaded)
+    view = neuron_view(loaded.model, loaded.preprocess, images, args.layer, args.channels, args.top,
+                       batch_size=args.batch_size, progress=not args.quiet)
+    save_figure(neuron_figure(view), figure_path)
+    rows = [{"channel": c, "top": [{"path": path, "activation": round(float(value), 5), "position": position,
+                                     "box": list(box)}
+                                    for path, value, position, box in zip(view.paths[i], view.top.values[i].tolist(),
+                                                                          view.top.positions[i].tolist(), view.boxes[i])]}
+            for i, c in enumerate(view.channels)]
+    write_text(json_path, json.dumps({"model": loaded.name, "layer": args.layer, "receptive_field": view.field._asdict(),
+                                      "channels": rows}, indent=2))
+    print(f"{args.layer}: receptive field {view.field.size} px, stride {view.field.stride} ({view.field.method})")
+    for i, c in enumerate(view.channels):
+        print(f"  channel {c}: top activation {float(view.top.values[i, 0]):.3f} in {Path(view.paths[i][0]).name}")
+    print(f"wrote {figure_path} and {json_path}")
+    report_skipped(images)
+    return 0

@@ -1,0 +1,206 @@
+"""Every faithfulness metric for a list of registered methods, as one table.
+
+For each method: deletion and insertion AUC on a few photos per class (its predicted class), the grid
+pointing game on mosaics of those photos, and the rank correlation of its maps with those of a model
+whose output layer was randomised (the first step of the cascade; lower means the map depends more on
+what the model learned). The controls ``random`` and ``center`` belong in every table: they show chance.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from deepscope.attribution.registry import METHODS, build_method
+from deepscope.errors import DeepscopeError, UnsupportedModelError
+from deepscope.evaluation.deletion_insertion import PerturbationCurve, deletion_curve, insertion_curve
+from deepscope.evaluation.pointing_game import PointingResult, grid_pointing_game
+from deepscope.evaluation.randomization import RandomizationResult, cascading_randomization
+from deepscope.images import ImageSet, load_inputs
+from deepscope.models.zoo import LoadedModel
+from deepscope.probe import model_device
+
+#: Table columns: (key, header, what it measures).
+COLUMNS = (
+    ("method", "method", ""),
+    ("deletion_auc", "deletion AUC (lower is better)", "mean over images, ± standard error"),
+    ("insertion_auc", "insertion AUC (higher is better)", "mean over images, ± standard error"),
+    ("pointing", "grid pointing (chance 0.25)", "mean share inside the tile, ± standard error over mosaics"),
+    ("randomization_spearman", "rank corr. after top-layer randomisation (lower passes)",
+     "Spearman of |maps|, mean over images"),
+    ("randomization_ssim", "SSIM after top-layer randomisation", "mean over images"),
+    ("seconds", "seconds", "wall time for this method's row"),
+)
+
+
+@dataclass
+class MethodEvaluation:
+    """All metrics of one method (``error`` says why a method could not run on this model)."""
+
+    method: str
+    deletion: PerturbationCurve | None = None
+    insertion: PerturbationCurve | None = None
+    pointing: PointingResult | None = None
+    randomization: RandomizationResult | None = None
+    seconds: float = 0.0
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def row(self) -> dict:
+        """Numbers of the table row (NaN where a metric was not computed)."""
+        nan = float("nan")
+        return {
+            "method": self.method,
+            "deletion_auc": _mean(self.deletion.auc) if self.deletion else nan,
+            "deletion_sem": _sem(self.deletion.auc) if self.deletion else nan,
+            "insertion_auc": _mean(self.insertion.auc) if self.insertion else nan,
+            "insertion_sem": _sem(self.insertion.auc) if self.insertion else nan,
+            "pointing": self.pointing.mean if self.pointing else nan,
+            "pointing_sem": self.pointing.sem if self.pointing else nan,
+            "pointing_std": self.pointing.std if self.pointing else nan,
+            "mosaics": len(self.pointing.scores) if self.pointing else 0,
+            "randomization_spearman": self.randomization.top_layer_spearman if self.randomization else nan,
+            "randomization_ssim": self.randomization.top_layer_ssim if self.randomization else nan,
+            "seconds": self.seconds,
+            "error": self.error,
+        }
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.float().mean())
+
+
+def _sem(values: torch.Tensor) -> float:
+    return float(values.float().std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+def select_images(images: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
+    """``per_class`` images of each class folder (all of a flat folder up to that many), drawn with ``seed``."""
+    if per_class < 1:
+        raise DeepscopeError(f"images per class must be at least 1, got {per_class}.")
+    groups: dict = {}
+    for index, folder in enumerate(images.folders):
+        groups.setdefault(folder, []).append(index)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for members in groups.values():
+        order = torch.randperm(len(members), generator=generator)[:per_class].tolist()
+        chosen += sorted(members[i] for i in order)
+    return images.subset(chosen)
+
+
+def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[str], *, images_per_class: int = 2,
+                     mosaics: int = 20, steps: int = 50, cascade_steps: int = 1, cascade_depth: int | None = 2,
+                     randomization_images: int = 8, layer: str | None = None, batch_size: int = 32, seed: int = 0,
+                     progress: bool = False) -> list[MethodEvaluation]:
+    """Deletion, insertion, grid pointing game and top-layer randomisation for each method name.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        The classifier (on its device) with its preprocessing.
+    images : ImageSet
+        Photos; class folders give the labels the pointing game needs (without them it is skipped).
+    methods : list of str
+        Names in :data:`deepscope.attribution.registry.METHODS`.
+    images_per_class : int
+        Photos drawn (seeded) from each class for every metric; the pointing game draws its mosaics
+        from those the model classifies correctly.
+    mosaics, steps : int
+        Pointing-game mosaics; deletion/insertion steps.
+    cascade_steps, cascade_depth : int
+        Layers (blocks of ``cascade_depth`` dotted parts) randomised from the top; the table reports
+        the first step, more steps feed the figure.
+    randomization_images : int
+        Photos used for the randomisation check (the first of the selection).
+    layer, batch_size, seed
+        Offered to every method's constructor (each takes those it accepts).
+    """
+    from tqdm.auto import tqdm
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        build_method(unknown[0], loaded.model)  # raises with the list of names
+    chosen = select_images(images, images_per_class, seed)
+    device = model_device(loaded.model)
+    inputs = load_inputs(chosen.paths, loaded.preprocess).to(device)
+    labelled = [i for i, label in enumerate(chosen.labels) if label is not None]
+    options = {"layer": layer, "batch_size": batch_size, "seed": seed}
+    results = []
+    for name in tqdm(methods, desc="methods", unit="method", disable=not progress):
+        started = time.perf_counter()
+        evaluation = MethodEvaluation(name)
+        try:
+            method = build_method(name, loaded.model, **options)
+        except UnsupportedModelError as error:
+            evaluation.error = str(error)
+            results.append(evaluation)
+            continue
+        maps = torch.cat([method(chunk) for chunk in inputs.split(batch_size)])
+        curve_options = {"steps": steps, "batch_size": batch_size, "progress": progress}
+        evaluation.deletion = deletion_curve(loaded.model, inputs, maps, **curve_options)
+        evaluation.insertion = insertion_curve(loaded.model, inputs, maps, **curve_options)
+        if len(labelled) >= 4 and mosaics > 0:
+            index = torch.tensor(labelled, device=device)
+            try:
+                evaluation.pointing = grid_pointing_game(
+                    method, loaded.model, inputs[index], [chosen.labels[i] for i in labelled], mosaics=mosaics,
+                    seed=seed, batch_size=batch_size, progress=progress)
+            except DeepscopeError as error:  # too few correct photos, or a fixed-size model
+                evaluation.error = f"pointing game: {error}"
+        evaluation.randomization = cascading_randomization(
+            lambda model: build_method(name, model, **options), loaded.model, inputs[:randomization_images],
+            depth=cascade_depth, max_steps=cascade_steps, seed=seed, progress=progress)
+        evaluation.seconds = time.perf_counter() - started
+        results.append(evaluation)
+    return results
+
+
+def table_csv(rows: Sequence[dict]) -> str:
+    """The rows as CSV, every number in full."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["method"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def table_markdown(rows: Sequence[dict], caption: str = "") -> str:
+    """The rows as a Markdown table (mean ± standard error), with the caption above."""
+    headers = [header for _, header, _ in COLUMNS]
+    lines = ([caption, ""] if caption else []) + ["| " + " | ".join(headers) + " |",
+                                                   "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [row["method"], _pm(row["deletion_auc"], row["deletion_sem"]),
+                 _pm(row["insertion_auc"], row["insertion_sem"]), _pm(row["pointing"], row["pointing_sem"]),
+                 _number(row["randomization_spearman"]), _number(row["randomization_ssim"]), f"{row['seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {row['method']}: {row['error']}" for row in rows if row.get("error")]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def table_text(rows: Sequence[dict]) -> str:
+    """A plain-text table for the terminal."""
+    headers = ["method", "deletion", "insertion", "pointing", "rand. corr", "rand. SSIM", "s"]
+    body = [[row["method"], _pm(row["deletion_auc"], row["deletion_sem"]),
+             _pm(row["insertion_auc"], row["insertion_sem"]), _pm(row["pointing"], row["pointing_sem"]),
+             _number(row["randomization_spearman"]), _number(row["randomization_ssim"]), f"{row['seconds']:.0f}"]
+            for row in rows]
+    widths = [max(len(r[i]) for r in [headers] + body) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [headers] + body)
+
+
+def _number(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _pm(value: float, sem: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.3f}" if math.isnan(sem) else f"{value:.3f} ± {sem:.3f}"
