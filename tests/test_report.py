@@ -233,3 +233,22 @@ def test_cli_writes_a_report(tmp_path, photo_folder, capsys):
     page = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="section-model"' in page and 'id="section-saliency"' not in page
     assert "mobilenet_v2" in page and "3,504,872" in page  # MobileNet-V2's parameter count
+
+
+def test_figures_are_cached_as_png(tmp_path, tiny_cnn, photo_folder):
+    from deepscope.render.common import plt
+
+    drawn = []
+
+    def draw():
+        drawn.append(1)
+        fig, ax = plt.subplots(figsize=(1, 1))
+        ax.plot([0, 1])
+        return fig
+
+    ctx = _context(_loaded(tiny_cnn), photo_folder, Cache(tmp_path))
+    first = ctx.figure("line", [1], draw)
+    assert first.startswith("data:image/png;base64,") and ctx.figure("line", [1], draw) == first
+    assert len(drawn) == 1
+    ctx.figure("line", [2], draw)  # other settings: drawn again
+    assert len(drawn) == 2

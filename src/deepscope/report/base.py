@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -22,7 +22,7 @@ from deepscope.classify import Classification, classify
 from deepscope.errors import DeepscopeError
 from deepscope.images import ImageSet
 from deepscope.models.zoo import LoadedModel
-from deepscope.report.cache import Cache, classification_key
+from deepscope.report.cache import Cache, classification_key, make_key
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,21 @@ class ReportContext:
                 self.cache.save("classify", key, _classification_to_store(result, self.images))
                 self._classification = result
         return self._classification
+
+    def figure(self, what: str, parts: Sequence[Any], draw: Callable[[], Any], *, images: bool = True) -> str:
+        """Data URI of the matplotlib figure ``draw()`` returns, cached on disk as PNG.
+
+        The key is ``what``, ``parts`` (the settings the figure depends on), the model, and (if ``images``)
+        the image set's content.
+        """
+        from deepscope.render.common import figure_png_bytes
+        from deepscope.render.report import data_uri
+
+        key = make_key("figure", what, list(parts), self.cache.model_digest(self.loaded),
+                       self.cache.images_digest(self.images) if images else None)
+        png = self.cache.get_or_compute(
+            "figures", key, lambda: torch.frombuffer(bytearray(figure_png_bytes(draw())), dtype=torch.uint8))
+        return data_uri(png.numpy().tobytes(), "image/png")
 
     def class_name(self, index: int | None) -> str:
         return "unknown" if index is None else self.loaded.classes.names[index]

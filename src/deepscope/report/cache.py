@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,14 @@ class Cache:
             return
         with atomic_path(self._path(kind, key)) as tmp:
             torch.save(value, tmp)
+
+    def get_or_compute(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:
+        """The entry under ``kind``/``key``; computed by ``compute()`` and stored when missing."""
+        value = self.load(kind, key)
+        if value is None:
+            value = compute()
+            self.save(kind, key, value)
+        return value
 
     # ------------------------------------------------------------------------------------ digests
     def model_digest(self, loaded: LoadedModel) -> str:
