@@ -25,7 +25,7 @@ from deepscope.models.preprocess import Preprocess
 from deepscope.models.zoo import LoadedModel
 from deepscope.report import Cache, ReportContext, ReportSettings, parse_sections, write_report
 from deepscope.report.sections import SECTIONS
-from deepscope.report.sections.saliency import display_maps
+from deepscope.report.sections.saliency import display_maps, gallery_methods
 
 CLASSES = ("tench", "goldfish", "shark", "hen", "ostrich")
 
@@ -78,12 +78,14 @@ def test_small_report_structure(tmp_path, tiny_cnn, photo_folder):
     # per_class=2 over two folders: four cards, each with one tile and one switch button per method
     cards = re.findall(r'<article class="card" id="([^"]+)">', page)
     assert len(cards) == 4 and len(set(cards)) == 4
-    for method in METHODS:
+    methods = gallery_methods()
+    assert "gradient" in methods and "random" not in methods  # controls belong to the trust table
+    for method in methods:
         assert page.count(f'<button type="button" data-method="{method}"') == 4
         assert page.count(f'data-method="{method}">') >= 4  # the tiles
     # every picture is embedded and decodes; nothing is fetched from elsewhere
     uris = _data_uris(page)
-    assert len(uris) >= 4 * (1 + len(METHODS))
+    assert len(uris) >= 4 * (1 + len(methods))
     for uri in set(uris):
         Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).load()
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)
@@ -120,7 +122,7 @@ def test_everything_written_is_escaped(tmp_path, tiny_cnn, monkeypatch):
     tiny_cnn[-1].bias.data[0] = 100.0  # every image is predicted as class 0, the evil name
     monkeypatch.setitem(METHODS, "refusing", MethodInfo("refusing", _Refusing, f"paper {evil}", f"summary {evil} & co"))
     loaded = _loaded(tiny_cnn, classes, name=f"model {evil} & \"friends\"")
-    page = write_report(_context(loaded, root), tmp_path / "out").read_text(encoding="utf-8")
+    page = write_report(_context(loaded, root), tmp_path / "out", "model,saliency").read_text(encoding="utf-8")
 
     assert "<script>alert" not in page
     assert page.count("<script>") == 1  # the page's own script
@@ -182,16 +184,16 @@ def test_no_overwrite_and_interrupt_leave_the_old_page(tmp_path, tiny_cnn, photo
 def test_a_rerun_reads_maps_from_the_cache(tmp_path, tiny_cnn, photo_folder):
     loaded = _loaded(tiny_cnn)
     cache = Cache(tmp_path / "cache")
-    first = write_report(_context(loaded, photo_folder, cache), tmp_path / "a").read_text(encoding="utf-8")
+    first = write_report(_context(loaded, photo_folder, cache), tmp_path / "a", "saliency").read_text(encoding="utf-8")
     assert cache.misses > 0 and cache.hits == 0
     again = Cache(tmp_path / "cache")
-    second = write_report(_context(loaded, photo_folder, again), tmp_path / "b").read_text(encoding="utf-8")
-    assert again.misses == 0 and again.hits == 1 + len(METHODS) * 4  # predictions + every map
+    second = write_report(_context(loaded, photo_folder, again), tmp_path / "b", "saliency").read_text(encoding="utf-8")
+    assert again.misses == 0 and again.hits == 1 + len(gallery_methods()) * 4  # predictions + every map
     assert _data_uris(first) == _data_uris(second)
     # another image content or other weights: new keys
     _photo(photo_folder / "hen" / "hen_0.png", seed=99)
     changed = Cache(tmp_path / "cache")
-    write_report(_context(loaded, photo_folder, changed), tmp_path / "c")
+    write_report(_context(loaded, photo_folder, changed), tmp_path / "c", "saliency")
     assert changed.misses > 0
     with torch.no_grad():
         tiny_cnn[-1].weight.add_(1.0)

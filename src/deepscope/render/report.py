@@ -48,6 +48,11 @@ def figure_uri(fig) -> str:
     return data_uri(figure_png_bytes(fig), "image/png")
 
 
+def png_tensor(fig) -> torch.Tensor:
+    """A matplotlib figure as PNG bytes in a uint8 tensor (storable in the cache); the figure is closed."""
+    return torch.frombuffer(bytearray(figure_png_bytes(fig)), dtype=torch.uint8)
+
+
 def heatmap_layer_uri(heatmap: torch.Tensor, signed: bool = False) -> str:
     """An (H, W) map as a transparent palette PNG to lay over its photo.
 

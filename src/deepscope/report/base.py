@@ -210,13 +210,11 @@ class ReportContext:
         The key is ``what``, ``parts`` (the settings the figure depends on), the model, and (if ``images``)
         the image set's content.
         """
-        from deepscope.render.common import figure_png_bytes
-        from deepscope.render.report import data_uri
+        from deepscope.render.report import data_uri, png_tensor
 
         key = make_key("figure", what, list(parts), self.cache.model_digest(self.loaded),
                        self.cache.images_digest(self.images) if images else None)
-        png = self.cache.get_or_compute(
-            "figures", key, lambda: torch.frombuffer(bytearray(figure_png_bytes(draw())), dtype=torch.uint8))
+        png = self.cache.get_or_compute("figures", key, lambda: png_tensor(draw()))
         return data_uri(png.numpy().tobytes(), "image/png")
 
     def class_name(self, index: int | None) -> str:
