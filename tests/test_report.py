@@ -168,7 +168,7 @@ def test_no_overwrite_and_interrupt_leave_the_old_page(tmp_path, tiny_cnn, photo
 
     monkeypatch.setitem(SECTIONS, "saliency", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_report(_context(loaded, photo_folder), out, overwrite=True)
+        write_report(_context(loaded, photo_folder), out, "model,saliency", overwrite=True)
     assert path.read_bytes() == first
     assert sorted(p.name for p in out.iterdir()) == ["report.html"]  # no temporary file left
 

@@ -29,16 +29,15 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def report_file(tmp_path_factory) -> Path:
-    """The default model over 2 built-in photos: model and saliency sections."""
+    """The default model over 2 built-in photos: the model, filters and saliency sections."""
     from deepscope.models.zoo import load_model
     from deepscope.report import Cache, ReportContext, ReportSettings, write_report
     from deepscope.sample_images import builtin_images
 
-    images = builtin_images()
-    images = images.subset([0, 1])
+    images = builtin_images().subset([0, 1])
     ctx = ReportContext(load_model("default"), images, ReportSettings(per_class=1, steps=4, progress=False),
                         Cache(tmp_path_factory.mktemp("cache")))
-    return write_report(ctx, tmp_path_factory.mktemp("report"))
+    return write_report(ctx, tmp_path_factory.mktemp("report"), "model,filters,saliency")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +70,7 @@ def _visible_overlay(driver, card):
 def test_report_in_chromium(browser, report_file):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     browser.get(report_file.resolve().as_uri())
     browser.execute_script("return document.fonts ? document.fonts.ready : null")
@@ -110,6 +110,12 @@ def test_report_in_chromium(browser, report_file):
     assert box.is_displayed()
     assert box.find_element(By.CSS_SELECTOR, ".lb-content .overlay").get_attribute("src").startswith("data:image/png")
     ActionChains(browser).move_to_element_with_offset(box, 0, -box.size["height"] // 2 + 5).click().perform()
+    assert not box.is_displayed()
+    # a figure (the filter grid) too; Escape closes
+    figure = browser.find_element(By.CSS_SELECTOR, ".figure img.zoomable")
+    figure.click()
+    assert box.find_element(By.CSS_SELECTOR, ".lb-content img").get_attribute("src") == figure.get_attribute("src")
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
     assert not box.is_displayed()
     buttons[0].click()
 

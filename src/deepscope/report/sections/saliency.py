@@ -21,9 +21,11 @@ from deepscope.render.report import heatmap_layer_uri, photo_uri
 from deepscope.report.base import MapLayer, ReportContext, SaliencyCard, Section, Table
 from deepscope.report.cache import make_key
 
-#: the gallery's settings for the costly methods (a method takes the options its constructor accepts);
+#: the gallery's settings for the costly methods, so that the default report stays within minutes on a
+#: 2-core CPU (a method takes the options its constructor accepts; ``--steps`` overrides ``steps``);
 #: the legend shows each method's settings
-GALLERY_OPTIONS = {"occlusion": {"window": 32, "stride": 16}, "scorecam": {"max_channels": 256}}
+GALLERY_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
+                   "smoothgrad": {"n": 12}, "ig": {"steps": 16}}
 #: registered maps that are controls for the faithfulness table, not explanations
 CONTROLS = "control"
 #: images per attribution call: bounds the memory of a backward pass (a method batches its own work inside)
@@ -76,15 +78,14 @@ def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: to
     """One layer per sample image for method ``name`` (from the cache, computed, or a not-applicable
     note) and the method's settings."""
     settings = ctx.settings
-    options = {"layer": None, "batch_size": settings.batch_size, "seed": settings.seed, "steps": settings.steps,
-               "progress": False, **GALLERY_OPTIONS.get(name, {})}
+    overrides = {**GALLERY_OPTIONS.get(name, {}), **({"steps": settings.steps} if settings.steps else {})}
+    options = {"layer": None, "batch_size": settings.batch_size, "seed": settings.seed, "progress": False, **overrides}
     try:
         method = build_method(name, ctx.loaded.model, **options)
     except UnsupportedModelError as error:
         bar.update(len(samples))
         return [MapLayer(name, note=f"not applicable: {error}") for _ in samples], ""
     accepted = inspect.signature(METHODS[name].build).parameters
-    overrides = {**({"steps": settings.steps} if settings.steps else {}), **GALLERY_OPTIONS.get(name, {})}
     shown = ", ".join(f"{k}={v}" for k, v in overrides.items() if k in accepted) or "defaults"
     model_key = ctx.cache.model_digest(ctx.loaded)
     keys = [make_key("saliency", model_key, name, repr(method), ctx.cache.file_digest(ctx.images.paths[i]),

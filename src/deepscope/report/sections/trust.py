@@ -12,7 +12,7 @@ from deepscope.report.cache import make_key
 
 #: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
 #: photos in the randomisation check
-STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES = 20, 12, 3, 2
+STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES = 20, 12, 2, 2
 #: methods left out of the report's table for time (one forward pass per window or channel, on every
 #: image, mosaic and randomised model); ``deepscope evaluate --methods ...`` scores them
 COSTLY = ("occlusion", "scorecam")
