@@ -192,6 +192,19 @@ def input_gradient(scores: torch.Tensor, inputs: torch.Tensor, *extra: torch.Ten
     return torch.autograd.grad(scores.sum(), (inputs, *extra), retain_graph=retain_graph)
 
 
+def fast_layout(inputs: torch.Tensor) -> torch.Tensor:
+    """``inputs`` in the memory layout models run fastest in: channels-last for image batches on the CPU.
+
+    oneDNN's channels-last convolutions run MobileNet-V2 about 1.7x faster than the default layout
+    (forward and backward, 2 threads). The values are the same; the sums inside convolutions run in
+    another order, so results can differ in the last digits (1e-6 relative), which is enough to flip a
+    ReLU6 gate that sits within that distance of 0 or 6.
+    """
+    if inputs.device.type == "cpu" and inputs.ndim == 4:
+        return inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model with neither)."""
     for tensor in model.parameters():
