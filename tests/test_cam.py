@@ -12,7 +12,7 @@ from deepscope.attribution.cam import (CAM, GradCAM, GradCAMPlusPlus, GuidedGrad
                                        default_cam_layer, token_grid)
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.attribution.registry import METHODS, build_method
-from deepscope.errors import TargetError, UnsupportedModelError
+from deepscope.errors import LayerNotFoundError, TargetError, UnsupportedModelError
 from deepscope.maps import normalize, upsample
 from deepscope.probe import Probe
 
@@ -172,6 +172,15 @@ def test_guided_gradcam_is_guided_backprop_times_gradcam(tiny_cnn):
     assert torch.allclose(GuidedGradCAM(tiny_cnn, layer="4")(x, 1), expected)
 
 
+class _WithUnusedLayer(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.spare = net, nn.Conv2d(3, 3, 1)  # spare is registered but never called
+
+    def forward(self, x):
+        return self.net(x)
+
+
 def test_every_method_leaves_the_model_unchanged(tiny_cnn):
     before = model_fingerprint(tiny_cnn)
     x = torch.randn(2, 3, 8, 8)
@@ -184,6 +193,11 @@ def test_every_method_leaves_the_model_unchanged(tiny_cnn):
             method(x, target=99)
         assert_unchanged(tiny_cnn, before)
     assert torch.equal(x, x_before)
+    with pytest.raises(LayerNotFoundError, match="'spare'"):
+        GradCAM(_WithUnusedLayer(tiny_cnn), layer="spare")(x)
+    with pytest.raises(LayerNotFoundError, match="Did you mean"):
+        GradCAM(tiny_cnn, layer="44")(x)
+    assert_unchanged(tiny_cnn, before)
     assert {"cam", "gradcam", "gradcam++", "scorecam", "layercam", "guided-gradcam"} <= set(METHODS)
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from deepscope.attribution.base import Attribution, check_inputs
 from deepscope.attribution.guided import GuidedBackprop
-from deepscope.errors import DeepscopeError, TargetError, UnsupportedModelError
+from deepscope.errors import DeepscopeError, LayerNotFoundError, TargetError, UnsupportedModelError
 from deepscope.maps import normalize, upsample
 from deepscope.probe import Probe, layer_names
 from deepscope.targets import Target, repeat_target, resolve_target, target_scores
@@ -190,6 +190,10 @@ class ClassActivationMap(Attribution):
             x = inputs.requires_grad_(True) if self.uses_gradients and not start_graph else inputs
             output = probe(x)
             resolved = resolve_target(target, output)
+            missing = [name for name in layers if name not in probe.activations]
+            if missing:
+                raise LayerNotFoundError(f"layer {missing[0]!r} gave no tensor output in the forward pass (the "
+                                         "model's forward does not call it); choose another layer.")
             captured = [probe.activations[name] for name in layers]
             if self.uses_gradients:
                 gradients = torch.autograd.grad(target_scores(output, resolved).sum(), captured)
