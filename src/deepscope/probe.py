@@ -61,13 +61,18 @@ class Probe:
         a following in-place operation (``ReLU(inplace=True)``) cannot alter them.
     train : bool
         Keep (rather than set) eval mode; for code that needs the model's training behaviour.
+    start_graph : bool
+        Make each captured activation a leaf that requires grad: the forward pass before it records no
+        graph (cheaper), gradients reach the activations but not the input or earlier captured layers.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] = (), *, detach: bool = False, train: bool = False):
+    def __init__(self, model: nn.Module, layers: Sequence[str] = (), *, detach: bool = False, train: bool = False,
+                 start_graph: bool = False):
         self.model = model
         self.layers = list(layers)
         self.detach = detach
         self.train = train
+        self.start_graph = start_graph
         self.activations: dict[str, torch.Tensor] = {}
         self._modules = {name: get_layer(model, name) for name in self.layers}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -125,6 +130,8 @@ class Probe:
             if self.detach or not torch.is_grad_enabled():
                 self.activations[name] = tensor.detach()
                 return None
+            if self.start_graph:
+                tensor = tensor.detach().requires_grad_(True)
             # Keep the module's own output; the model continues on a copy, so an in-place op
             # after this layer cannot overwrite what was captured.
             self.activations[name] = tensor
