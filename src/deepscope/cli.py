@@ -15,7 +15,7 @@ from deepscope.errors import DeepscopeError
 
 #: Sub-command modules, in the order ``deepscope --help`` lists them.
 COMMANDS = ("models", "layers", "classify", "filters", "features", "explain", "neurons", "classviz", "dream",
-            "evaluate")
+            "evaluate", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

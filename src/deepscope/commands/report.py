@@ -1,0 +1,58 @@
+"""``deepscope report [--model SPEC] [--images DIR] --out DIR``: the whole story on one HTML page."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from deepscope.commands.common import (add_run_options, images_from_args, model_from_args, positive_int,
+                                       report_skipped)
+
+
+def register(subparsers) -> None:
+    from deepscope.report.sections import SECTIONS
+
+    parser = subparsers.add_parser(
+        "report", help="one self-contained HTML page: model, saliency gallery, and more",
+        description="Run every report section on a model and a set of images and write one self-contained "
+                    "HTML page (OUT/report.html) that opens from a file:// URL without network access.")
+    parser.add_argument("--model", default="default", metavar="SPEC",
+                        help="model spec (see `deepscope models`; default: the built-in offline model)")
+    parser.add_argument("--random-weights", action="store_true", help="build the architecture with random weights")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--images", default="builtin", metavar="DIR",
+                        help="an image file, a flat folder, or one sub-folder per class (default: the built-in photos)")
+    parser.add_argument("--sections", default="all", metavar="LIST",
+                        help=f"comma-separated sections, from: {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--per-class", type=positive_int, default=2, metavar="N",
+                        help="sample images per class in the galleries (default 2)")
+    parser.add_argument("--max-images", type=positive_int, default=40, metavar="N",
+                        help="at most this many sample images in all (default 40)")
+    parser.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                        help="steps of iterative methods (default: each method's own)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--cache", default=None, metavar="DIR",
+                        help="cache of expensive results (default: $DEEPSCOPE_CACHE, else ~/.cache/deepscope)")
+    parser.add_argument("--no-cache", action="store_true", help="compute everything, store nothing")
+    add_run_options(parser, out="deepscope-report")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from deepscope.report import Cache, ReportContext, ReportSettings, default_cache_dir, parse_sections, write_report
+    from deepscope.fileio import check_writable
+    from deepscope.report.build import report_path
+
+    sections = parse_sections(args.sections)
+    check_writable(report_path(args.out), args.force)  # fail before the long work
+    settings = ReportSettings(per_class=args.per_class, max_images=args.max_images, steps=args.steps,
+                              seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    cache = Cache(None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir())
+    loaded = model_from_args(args)
+    images = images_from_args(args, loaded)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    ctx = ReportContext(loaded, images, settings, cache)
+    path = write_report(ctx, args.out, sections, overwrite=args.force, log=log)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {ctx.timer.total:.0f} s)")
+    report_skipped(images)
+    return 0

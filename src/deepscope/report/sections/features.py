@@ -1,0 +1,51 @@
+"""Section "features": nearest neighbours in feature vs pixel space, kNN accuracy, 2-D projections."""
+
+from __future__ import annotations
+
+from deepscope.errors import DeepscopeError
+from deepscope.features import choose_queries, extract_features, knn_accuracy, nearest_neighbours, pixel_bank, project
+from deepscope.render.features import knn_figure, projection_figure
+from deepscope.render.report import figure_uri
+from deepscope.report.base import Figure, Note, ReportContext, Section, Table
+
+#: neighbours per query and for kNN accuracy; query images in the figure
+K, QUERIES = 5, 3
+#: pixel space: the model input shrunk to this side (area averaging), so 500 photos stay small
+PIXEL_SIZE = 64
+#: t-SNE is shown from this many images on (fewer points make a meaningless picture)
+TSNE_MIN_IMAGES = 20
+
+
+def features_section(ctx: ReportContext) -> Section:
+    intro = ("How the network's last layers organise images: photos close in its penultimate features are "
+             "usually of the same class, unlike photos close in pixel space (Krizhevsky et al. 2012); "
+             "PCA and t-SNE maps show the same contrast.")
+    settings, loaded = ctx.settings, ctx.loaded
+    cache = ctx.cache.folder if ctx.cache.folder is not None else False
+    bank = extract_features(loaded, ctx.images, batch_size=settings.batch_size, cache=cache, progress=settings.progress)
+    pixels = pixel_bank(ctx.images, loaded.preprocess, size=PIXEL_SIZE, batch_size=settings.batch_size, cache=cache,
+                        progress=settings.progress)
+    if len(bank) < 3:
+        return Section("features", "The feature space", intro,
+                       [Note(f"needs at least 3 readable images, got {len(bank)}.")])
+    names = loaded.classes.names
+    k = min(K, len(bank) - 1)
+    items = []
+    try:
+        rows = [[f"{k}-NN accuracy (leave one out)", f"{knn_accuracy(bank, k):.1%}", f"{knn_accuracy(pixels, k):.1%}"]]
+        items.append(Table(["", f"features ({bank.layer}, {bank.features.shape[1]}-d)",
+                            f"pixels ({PIXEL_SIZE}x{PIXEL_SIZE}x3)"], rows))
+    except DeepscopeError as error:
+        items.append(Note(f"no kNN accuracy: {error}"))
+    queries = choose_queries(bank, QUERIES)
+    figure = knn_figure(bank, nearest_neighbours(bank, queries, k), pixels, nearest_neighbours(pixels, queries, k),
+                        class_names=names)
+    items.append(Figure(figure_uri(figure), caption=f"{k} nearest neighbours (cosine) of {len(queries)} query images: "
+                        "feature space above pixel space; green frames share the query's class."))
+    methods = ["pca"] + (["tsne"] if len(bank) >= TSNE_MIN_IMAGES else [])
+    for method in methods:
+        figure = projection_figure(project(bank, method, seed=settings.seed), bank,
+                                   project(pixels, method, seed=settings.seed), pixels, class_names=names)
+        items.append(Figure(figure_uri(figure), caption=f"{'PCA' if method == 'pca' else 't-SNE'} of features "
+                            "(left) and pixels (right), coloured by class."))
+    return Section("features", "The feature space", intro, items)

@@ -1,0 +1,65 @@
+"""Section "trust": the faithfulness table and the sanity-check figure for every registered method."""
+
+from __future__ import annotations
+
+from deepscope.attribution.registry import METHODS
+from deepscope.evaluation.table import COLUMNS, _number, _pm, evaluate_methods, select_images
+from deepscope.images import load_inputs
+from deepscope.render.evaluation import perturbation_curves_figure, randomization_figure
+from deepscope.render.report import data_uri, png_tensor
+from deepscope.report.base import Figure, Note, ReportContext, Section, Table
+from deepscope.report.cache import make_key
+
+#: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
+#: photos in the randomisation check
+STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES = 20, 12, 3, 2
+#: methods left out of the report's table for time (one forward pass per window or channel, on every
+#: image, mosaic and randomised model); ``deepscope evaluate --methods ...`` scores them
+COSTLY = ("occlusion", "scorecam")
+
+
+def trust_section(ctx: ReportContext) -> Section:
+    loaded, settings = ctx.loaded, ctx.settings
+    methods = [name for name in METHODS if name not in COSTLY]
+    steps = settings.steps or STEPS
+    parts = [methods, settings.per_class, steps, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, settings.seed]
+    key = make_key("trust", parts, ctx.cache.model_digest(loaded), ctx.cache.images_digest(ctx.images))
+    stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, methods, steps))
+    rows = stored["rows"]
+    headers = [header for _, header, _ in COLUMNS]
+    table = [[row["method"], _pm(row["deletion_auc"], row["deletion_sem"]), _pm(row["insertion_auc"], row["insertion_sem"]),
+              _pm(row["pointing"], row["pointing_sem"]), _number(row["randomization_spearman"]),
+              _number(row["randomization_ssim"]), f"{row['seconds']:.0f}"] for row in rows]
+    items = [Table(headers, table, f"{loaded.name} on {stored['images']} photo(s), {steps} deletion/insertion steps, "
+                                   f"up to {MOSAICS} pointing-game mosaics, seed {settings.seed}; mean ± standard error. "
+                                   "random and center are controls: they show chance level.")]
+    items += [Note(f"{row['method']}: {row['error']}") for row in rows if row["error"]]
+    left_out = [name for name in COSTLY if name in METHODS]
+    if left_out:
+        items.append(Note(f"Left out for time: {', '.join(left_out)} (one forward pass per window or channel). "
+                          f"Score them with: deepscope evaluate MODEL IMAGES --methods {','.join(left_out)},random"))
+    for name, caption in (("curves", "Deletion (left) and insertion (right) curves: the class probability as the most "
+                                     "important pixels are removed or revealed first."),
+                          ("randomization", "Sanity check: each method's map as the model's top blocks are "
+                                            "re-initialised one after another (left: trained model).")):
+        if name in stored:
+            items.append(Figure(data_uri(stored[name].numpy().tobytes(), "image/png"), caption=caption))
+    return Section("trust", "Can the maps be trusted?",
+                   "How faithful each saliency method is: deletion and insertion AUC (Petsiuk et al. 2018), the grid "
+                   "pointing game (Böhle et al. 2022) and the sanity check by cascading model randomisation "
+                   "(Adebayo et al. 2018), next to a random and a centred control map.", items)
+
+
+def _evaluate(ctx: ReportContext, methods: list[str], steps: int) -> dict:
+    loaded, settings = ctx.loaded, ctx.settings
+    results = evaluate_methods(loaded, ctx.images, methods, images_per_class=settings.per_class, mosaics=MOSAICS,
+                               steps=steps, cascade_steps=CASCADE_STEPS, randomization_images=RANDOMIZATION_IMAGES,
+                               batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress)
+    done = [r for r in results if r.deletion is not None]
+    stored = {"rows": [r.row() for r in results], "images": len(done[0].deletion.auc) if done else 0}
+    if done:
+        stored["curves"] = png_tensor(perturbation_curves_figure({r.method: (r.deletion, r.insertion) for r in done}))
+        first = select_images(ctx.images, settings.per_class, settings.seed).paths[:1]
+        pixels = load_inputs(first, loaded.preprocess.crop)[0]
+        stored["randomization"] = png_tensor(randomization_figure({r.method: r.randomization for r in done}, pixels))
+    return stored
