@@ -114,7 +114,12 @@ def main(argv=None) -> int:
         return (lambda: ours(xi, target=t), lambda: captum.Saliency(model).attribute(xi, target=t, abs=False),
                 lambda: bare_backwards(model, xi, t, 1, 1), None)
 
-    bare_forwards(model, x[:1], 8, 8)  # warm-up
+    # warm-up: first calls pay for allocations and kernel selection
+    bare_forwards(model, x[:1], args.batch_size, args.batch_size)
+    bare_backwards(model, x[:1], targets[0], 50, 50)
+    for name in ("gradient", "smoothgrad"):
+        for thunk in contenders(name, x[:1], targets[0])[:3]:
+            thunk()
     print(f"{'method':<11} {'deepscope s/img':>15} {'captum s/img':>13} {'bare s/img':>11} "
           f"{'captum/deepscope':>17} {'deepscope/bare':>15} {'max rel diff':>13}  notes")
     for name in [m.strip() for m in args.methods.split(",")]:

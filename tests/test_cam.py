@@ -12,8 +12,9 @@ from deepscope.attribution.cam import (CAM, GradCAM, GradCAMPlusPlus, GuidedGrad
                                        default_cam_layer, token_grid)
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.attribution.registry import METHODS, build_method
-from deepscope.errors import TargetError, UnsupportedModelError
+from deepscope.errors import LayerNotFoundError, TargetError, UnsupportedModelError
 from deepscope.maps import normalize, upsample
+from deepscope.probe import Probe
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def _scorecam_by_hand(model, x, target, channels=None):
         scores = []
         for k in keep:
             mask = F.interpolate(a[k][None, None], size=x.shape[-2:], mode="bilinear", align_corners=True)[0, 0]
-            mask = (mask - mask.min()) / (mask.max() - mask.min() + 1e-8)
+            mask = (mask - mask.min()) / (mask.max() - mask.min() + 1e-8) if a[k].max() > a[k].min() else 0 * mask
             with torch.no_grad():
                 scores.append(model(x[i:i + 1] * mask)[0, target])
         weights = torch.stack(scores).softmax(0)
@@ -79,6 +80,8 @@ def _scorecam_by_hand(model, x, target, channels=None):
 
 def test_scorecam_by_hand_and_batch_size_invariance(gap_model):
     x = torch.randn(3, 3, 12, 12)
+    with torch.no_grad():
+        gap_model[0].bias[3] = -100.0  # a dead channel: its mask is all zero
     by_hand = _scorecam_by_hand(gap_model, x, 2)
     maps = [ScoreCAM(gap_model, batch_size=b, progress=False).attribute_raw(x, 2) for b in (1, 5, 100)]
     for m in maps:
@@ -169,6 +172,15 @@ def test_guided_gradcam_is_guided_backprop_times_gradcam(tiny_cnn):
     assert torch.allclose(GuidedGradCAM(tiny_cnn, layer="4")(x, 1), expected)
 
 
+class _WithUnusedLayer(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.spare = net, nn.Conv2d(3, 3, 1)  # spare is registered but never called
+
+    def forward(self, x):
+        return self.net(x)
+
+
 def test_every_method_leaves_the_model_unchanged(tiny_cnn):
     before = model_fingerprint(tiny_cnn)
     x = torch.randn(2, 3, 8, 8)
@@ -181,4 +193,21 @@ def test_every_method_leaves_the_model_unchanged(tiny_cnn):
             method(x, target=99)
         assert_unchanged(tiny_cnn, before)
     assert torch.equal(x, x_before)
+    with pytest.raises(LayerNotFoundError, match="'spare'"):
+        GradCAM(_WithUnusedLayer(tiny_cnn), layer="spare")(x)
+    with pytest.raises(LayerNotFoundError, match="Did you mean"):
+        GradCAM(tiny_cnn, layer="44")(x)
+    assert_unchanged(tiny_cnn, before)
     assert {"cam", "gradcam", "gradcam++", "scorecam", "layercam", "guided-gradcam"} <= set(METHODS)
+
+
+def test_probe_start_graph_gives_the_same_layer_gradient(tiny_cnn):
+    x = torch.randn(2, 3, 8, 8)
+    grads = []
+    for start_graph in (False, True):
+        with Probe(tiny_cnn, ["2"], start_graph=start_graph) as probe:
+            out = probe(x.clone().requires_grad_(not start_graph))
+            act = probe.activations["2"]
+            assert act.is_leaf == start_graph
+            grads.append(torch.autograd.grad(out[:, 1].sum(), act)[0])
+    assert torch.allclose(grads[0], grads[1])

@@ -296,3 +296,37 @@ def test_metrics_stay_on_the_input_device_and_agree_with_the_cpu(tiny_cnn):
     pointing = grid_pointing_game(Gradient(bright), bright, tiles.cuda(), labels, mosaics=6)
     assert pointing.scores.is_cuda and pointing.mean == pytest.approx(1.0)
     assert RandomMap(model)(xg).is_cuda and CenterMap(model)(xg).is_cuda
+
+
+# -- real data ---------------------------------------------------------------------------------------
+def test_guided_backprop_ignores_a_random_top_layer_while_the_gradient_changes(mobilenet_v2_import, in20):
+    """Adebayo et al.'s finding, on a real photo and the imported MobileNet-V2: randomising the output
+    layer leaves guided backprop almost unchanged, while the gradient's map changes."""
+    from deepscope.images import load_inputs
+    from deepscope.probe import get_layer
+
+    paths = sorted((in20 / "n01440764").glob("*.JPEG"))[:1]  # a tench
+    real_model = mobilenet_v2_import
+    x = load_inputs(paths, real_model.preprocess)
+    before = model_fingerprint(real_model.model)
+    gradient = cascading_randomization(Gradient, real_model.model, x, max_steps=1)
+    guided = cascading_randomization(GuidedBackprop, real_model.model, x, max_steps=1)
+    assert_unchanged(real_model.model, before)
+    assert gradient.layers == guided.layers and isinstance(get_layer(real_model.model, gradient.layers[0]), nn.Linear)
+    assert gradient.spearman[0].tolist() == pytest.approx([1.0], abs=1e-4)
+    assert guided.spearman[1].min() > 0.9
+    assert gradient.spearman[1].max() < guided.spearman[1].min() - 0.2
+
+
+def test_every_registered_method_plugs_into_the_metrics(tiny_cnn):
+    from deepscope.attribution.registry import METHODS
+
+    before = model_fingerprint(tiny_cnn)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for name in METHODS:
+        method = build_method(name, tiny_cnn, batch_size=16)
+        curve = deletion_curve(tiny_cnn, x, method(x), steps=4)
+        assert curve.probabilities.shape == (2, 5) and torch.isfinite(curve.auc).all(), name
+        cascade = cascading_randomization(lambda m: build_method(name, m, batch_size=16), tiny_cnn, x, max_steps=1)
+        assert cascade.layers == ["7"] and cascade.maps.shape[:2] == (2, 2), name
+    assert_unchanged(tiny_cnn, before)

@@ -149,3 +149,17 @@ def test_standard_transforms_keep_the_input_size():
 def test_cli_classviz_errors(tmp_path, capsys):
     assert main(["classviz", "--classes", "flamingoo", "--out", str(tmp_path), "--quiet"]) == 2
     assert "flamingo" in capsys.readouterr().err
+
+
+def test_cli_classviz_and_dream_write_figures(tmp_path, capsys):
+    from deepscope.sample_images import builtin_images
+
+    out = tmp_path / "cv"
+    assert main(["classviz", "default", "--classes", "flamingo,130", "--steps", "1", "--out", str(out), "--quiet"]) == 0
+    assert (out / "classviz_lucid.png").stat().st_size > 0 and "130 flamingo" in capsys.readouterr().out
+    photo = builtin_images().paths[0]
+    args = ["dream", "default", str(photo), "--layer", "blocks.3", "--octaves", "2", "--steps", "1", "--out",
+            str(tmp_path / "d"), "--quiet"]
+    assert main(args) == 0
+    assert (tmp_path / "d" / f"dream_{photo.stem}_blocks_3.png").stat().st_size > 0
+    assert main(args) == 2 and "--force" in capsys.readouterr().err

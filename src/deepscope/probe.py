@@ -61,13 +61,18 @@ class Probe:
         a following in-place operation (``ReLU(inplace=True)``) cannot alter them.
     train : bool
         Keep (rather than set) eval mode; for code that needs the model's training behaviour.
+    start_graph : bool
+        Make each captured activation a leaf that requires grad: the forward pass before it records no
+        graph (cheaper), gradients reach the activations but not the input or earlier captured layers.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] = (), *, detach: bool = False, train: bool = False):
+    def __init__(self, model: nn.Module, layers: Sequence[str] = (), *, detach: bool = False, train: bool = False,
+                 start_graph: bool = False):
         self.model = model
         self.layers = list(layers)
         self.detach = detach
         self.train = train
+        self.start_graph = start_graph
         self.activations: dict[str, torch.Tensor] = {}
         self._modules = {name: get_layer(model, name) for name in self.layers}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -125,6 +130,8 @@ class Probe:
             if self.detach or not torch.is_grad_enabled():
                 self.activations[name] = tensor.detach()
                 return None
+            if self.start_graph:
+                tensor = tensor.detach().requires_grad_(True)
             # Keep the module's own output; the model continues on a copy, so an in-place op
             # after this layer cannot overwrite what was captured.
             self.activations[name] = tensor
@@ -190,6 +197,19 @@ def input_gradient(scores: torch.Tensor, inputs: torch.Tensor, *extra: torch.Ten
     Samples are independent in eval mode, so one backward of the sum gives every sample's gradient.
     """
     return torch.autograd.grad(scores.sum(), (inputs, *extra), retain_graph=retain_graph)
+
+
+def fast_layout(inputs: torch.Tensor) -> torch.Tensor:
+    """``inputs`` in the memory layout models run fastest in: channels-last for image batches on the CPU.
+
+    oneDNN's channels-last convolutions run MobileNet-V2 about 1.7x faster than the default layout
+    (forward and backward, 2 threads). The values are the same; the sums inside convolutions run in
+    another order, so results can differ in the last digits (1e-6 relative), which is enough to flip a
+    ReLU6 gate that sits within that distance of 0 or 6.
+    """
+    if inputs.device.type == "cpu" and inputs.ndim == 4:
+        return inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
 
 
 def model_device(model: nn.Module) -> torch.device:

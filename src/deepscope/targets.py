@@ -52,7 +52,7 @@ def resolve_target(target: Target, output: torch.Tensor) -> torch.Tensor | Calla
     if n and (int(indices.min()) < 0 or int(indices.max()) >= classes):
         raise TargetError(f"target class out of range: the model has {classes} outputs (0..{classes - 1}), "
                           f"got {indices.tolist() if n <= 8 else 'indices up to ' + str(int(indices.max()))}.")
-    return indices
+    return indices.clone() if indices.is_inference() else indices  # targets made under inference_mode work too
 
 
 def target_scores(output: torch.Tensor, target: torch.Tensor | Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from deepscope.attribution.base import Attribution, check_inputs
 from deepscope.attribution.guided import GuidedBackprop
-from deepscope.errors import DeepscopeError, TargetError, UnsupportedModelError
+from deepscope.errors import DeepscopeError, LayerNotFoundError, TargetError, UnsupportedModelError
 from deepscope.maps import normalize, upsample
 from deepscope.probe import Probe, layer_names
 from deepscope.targets import Target, repeat_target, resolve_target, target_scores
@@ -184,10 +184,16 @@ class ClassActivationMap(Attribution):
         layers = self.layers_for(inputs)
         prefix = getattr(self.model, "num_prefix_tokens", None)
         grad_mode = torch.enable_grad() if self.uses_gradients else torch.inference_mode()
-        with Probe(self.model, layers, detach=not self.uses_gradients) as probe, grad_mode:
-            x = inputs.requires_grad_(True) if self.uses_gradients else inputs
+        # One layer: its activation starts the graph, so the forward up to it costs what inference costs.
+        start_graph = self.uses_gradients and len(layers) == 1
+        with Probe(self.model, layers, detach=not self.uses_gradients, start_graph=start_graph) as probe, grad_mode:
+            x = inputs.requires_grad_(True) if self.uses_gradients and not start_graph else inputs
             output = probe(x)
             resolved = resolve_target(target, output)
+            missing = [name for name in layers if name not in probe.activations]
+            if missing:
+                raise LayerNotFoundError(f"layer {missing[0]!r} gave no tensor output in the forward pass (the "
+                                         "model's forward does not call it); choose another layer.")
             captured = [probe.activations[name] for name in layers]
             if self.uses_gradients:
                 gradients = torch.autograd.grad(target_scores(output, resolved).sum(), captured)
@@ -312,7 +318,8 @@ class ScoreCAM(ClassActivationMap):
     upsampled to the input size (bilinear with ``align_corners=True``, like pytorch-grad-cam), min-max
     normalised to [0, 1] and multiplied into the input; the weights
     are the softmax over channels of the target's score (the logit) on those masked inputs -- the paper's
-    Algorithm 1, as pytorch-grad-cam 1.5.7 computes it.
+    Algorithm 1, as pytorch-grad-cam 1.5.7 computes it. Channels that are constant over space (often a
+    third or more after a ReLU6) all give the zero mask, so one forward pass of a zero input scores them.
 
     Parameters
     ----------
@@ -347,20 +354,26 @@ class ScoreCAM(ClassActivationMap):
             activation = activation.gather(1, keep[:, :, None, None].expand(-1, -1, h, w))
             k = self.max_channels
         channel_maps = activation.reshape(n * k, 1, h, w)
+        flat = channel_maps.flatten(1)
+        varying = (flat.amax(dim=1) > flat.amin(dim=1)).nonzero().squeeze(1)
         owner = torch.arange(n, device=activation.device).repeat_interleave(k)
         targets = repeat_target(context.target, k)
         size = tuple(context.inputs.shape[-2:])
-        scores = []
+        parts = []
         with Probe(self.model), torch.inference_mode():
-            starts = range(0, n * k, self.batch_size)
+            # A constant map normalises to an all-zero mask: one forward of a zero input scores all of them.
+            zero_output = self.model(torch.zeros_like(context.inputs[:1]))
+            scores = target_scores(zero_output.expand(n * k, *zero_output.shape[1:]), targets).clone()
+            starts = range(0, len(varying), self.batch_size)
             for start in tqdm(starts, desc="Score-CAM", unit="batch", disable=not self.progress, leave=False):
-                chunk = slice(start, start + self.batch_size)
+                chunk = varying[start:start + self.batch_size]
                 masks = F.interpolate(channel_maps[chunk], size=size, mode="bilinear", align_corners=True)
                 masks = normalize(masks, "minmax", eps=1e-8)
                 output = self.model(context.inputs[owner[chunk]] * masks)
-                chunk_targets = targets[chunk] if isinstance(targets, torch.Tensor) else targets
-                scores.append(target_scores(output, chunk_targets))
-        weights = torch.cat(scores).view(n, k).to(activation.dtype).softmax(dim=1)
+                parts.append(target_scores(output, targets[chunk] if isinstance(targets, torch.Tensor) else targets))
+            if parts:
+                scores = scores.index_copy(0, varying, torch.cat(parts))
+        weights = scores.view(n, k).to(activation.dtype).softmax(dim=1)
         return _weighted_sum(weights, activation)
 
 

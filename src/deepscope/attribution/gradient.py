@@ -13,7 +13,7 @@ from torch import nn
 
 from deepscope.attribution.base import Attribution
 from deepscope.maps import reduce_channels
-from deepscope.probe import Probe, input_gradient
+from deepscope.probe import Probe, fast_layout, input_gradient
 from deepscope.targets import Target, layer_scores, resolve_target, target_scores
 
 
@@ -34,14 +34,14 @@ class Gradient(Attribution):
         """d score / d inputs, (N, C, H, W), with the model's backward as :meth:`_prepare` leaves it."""
         with Probe(self.model, [self.layer] if self.layer else []) as probe, torch.enable_grad():
             self._prepare(probe)
-            x = inputs.clone().requires_grad_(True)
+            x = fast_layout(inputs).clone().requires_grad_(True)
             output = probe(x)
             if self.layer:
                 scores = layer_scores(probe.activations[self.layer], target)
             else:
                 scores = target_scores(output, resolve_target(target, output))
             (grad,) = input_gradient(scores, x)
-        return grad
+        return grad.contiguous()
 
     def _prepare(self, probe: Probe) -> None:
         """Change the backward pass through ``probe`` (guided backprop does); plain gradient: nothing."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from deepscope.attribution.base import Attribution, check_inputs
 from deepscope.errors import DeepscopeError
-from deepscope.probe import Probe, batched_forward, input_gradient
+from deepscope.probe import Probe, batched_forward, fast_layout, input_gradient
 from deepscope.targets import Target, resolve_target, select_target, target_scores
 
 METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -101,12 +101,12 @@ class IntegratedGradients(Attribution):
             for start in range(0, n * steps, self.batch_size):
                 rows = torch.arange(start, min(start + self.batch_size, n * steps), device=inputs.device)
                 samples, points = rows // steps, rows % steps
-                x = (baseline[samples] + alphas[points].view(-1, 1, 1, 1) * delta[samples]).requires_grad_(True)
+                x = fast_layout(baseline[samples] + alphas[points].view(-1, 1, 1, 1) * delta[samples]).requires_grad_(True)
                 output = probe(x)
                 scores = target_scores(output, select_target(resolved, samples))
                 (grad,) = input_gradient(scores, x)
                 total.index_add_(0, samples, grad * weights[points].view(-1, 1, 1, 1))
-        return total * delta
+        return (total * delta).contiguous()
 
     def completeness_error(self, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None) -> torch.Tensor:
         """(N,) ``sum(attributions) - (score(x) - score(baseline))``; near 0 when enough steps were used."""

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from deepscope.attribution.base import Attribution
 from deepscope.errors import DeepscopeError, LayerNotFoundError
-from deepscope.probe import Probe, get_layer
+from deepscope.probe import Probe, fast_layout, get_layer
 from deepscope.targets import Target, repeat_target, resolve_target, target_scores
 
 BASELINES = ("zero", "mean", "blur")
@@ -108,7 +108,7 @@ class Occlusion(Attribution):
         baselines = self.baseline_images(inputs)
         cuts = _cut_candidates(self.model, self.incremental) if self.incremental else {}
         with Probe(self.model, list(cuts), detach=True) as probe, torch.inference_mode():
-            clean = probe(inputs)
+            clean = probe(fast_layout(inputs))
             resolved = resolve_target(target, clean)
             clean_scores = self._scores(clean, resolved)
             clean_activations = dict(probe.activations)
@@ -255,7 +255,7 @@ class _FullRunner:
         pass
 
     def run(self, probe, image, baseline, positions, window):
-        return probe(_occlude(image, baseline, positions, window))
+        return probe(fast_layout(_occlude(image, baseline, positions, window)))
 
 
 @dataclass
@@ -320,8 +320,8 @@ class _CropRunner:
             (by, oy), (bx, ox) = plan.place(0, y), plan.place(1, x)
             self._boxes.append((by, bx, oy // plan.stride[0], ox // plan.stride[1]))
             origins.append((oy, ox))
-        crops = torch.stack([_occlude(image, baseline, [p], window, origin, plan.crop)[0]
-                             for p, origin in zip(positions, origins)])
+        crops = fast_layout(torch.stack([_occlude(image, baseline, [p], window, origin, plan.crop)[0]
+                                         for p, origin in zip(positions, origins)]))
         self.active = True
         try:
             return probe(crops)
@@ -335,7 +335,7 @@ class _CropRunner:
         expected = (len(self._boxes), self._clean.shape[1], *(c // s for c, s in zip(self.plan.crop, self.plan.stride)))
         if tuple(output.shape) != expected:
             raise RuntimeError(f"activation at {self.cut} has shape {tuple(output.shape)}, expected {expected}")
-        pasted = self._clean.expand(len(self._boxes), -1, h, w).clone()
+        pasted = self._clean.expand(len(self._boxes), -1, h, w).clone(memory_format=torch.preserve_format)
         for b, (by, bx, cy, cx) in enumerate(self._boxes):
             pasted[b, :, by:by + bh, bx:bx + bw] = output[b, :, by - cy:by - cy + bh, bx - cx:bx - cx + bw]
         self.pasted = pasted

@@ -151,7 +151,7 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
             try:
                 evaluation.pointing = grid_pointing_game(
                     method, loaded.model, inputs[index], [chosen.labels[i] for i in labelled], mosaics=mosaics,
-                    seed=seed, batch_size=batch_size, progress=progress)
+                    seed=seed, batch_size=max(1, batch_size // 4), progress=progress)  # 4x the pixels per input
             except DeepscopeError as error:  # too few correct photos, or a fixed-size model
                 evaluation.error = f"pointing game: {error}"
         evaluation.randomization = cascading_randomization(

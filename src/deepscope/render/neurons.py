@@ -9,9 +9,9 @@ import torch
 from deepscope.render.common import plt, to_image_array
 
 
-def gradient_as_image(grad: torch.Tensor) -> torch.Tensor:
-    """A signed (3, h, w) gradient as [0, 1] pixels: grey is zero, scaled by its largest |value| (Springenberg et al.)."""
-    scale = grad.abs().max().clamp(min=1e-12)
+def gradient_as_image(grad: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
+    """A signed (3, h, w) gradient as [0, 1] pixels: grey is zero, +-1 is the ``percentile`` of |value| (clipped)."""
+    scale = torch.quantile(grad.abs().flatten().float(), percentile / 100).clamp(min=1e-12)
     return (0.5 + 0.5 * grad / scale).clamp(0, 1)
 
 
