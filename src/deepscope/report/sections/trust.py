@@ -12,7 +12,7 @@ from deepscope.report.cache import make_key
 
 #: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
 #: photos in the randomisation check
-STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES = 20, 12, 2, 2
+STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES = 20, 12, 1, 1
 #: methods left out of the report's table for time (one forward pass per window or channel, on every
 #: image, mosaic and randomised model); ``deepscope evaluate --methods ...`` scores them
 COSTLY = ("occlusion", "scorecam")
@@ -40,8 +40,8 @@ def trust_section(ctx: ReportContext) -> Section:
                           f"Score them with: deepscope evaluate MODEL IMAGES --methods {','.join(left_out)},random"))
     for name, caption in (("curves", "Deletion (left) and insertion (right) curves: the class probability as the most "
                                      "important pixels are removed or revealed first."),
-                          ("randomization", "Sanity check: each method's map as the model's top blocks are "
-                                            "re-initialised one after another (left: trained model).")):
+                          ("randomization", "Sanity check: each method's map on the trained model and after its top "
+                                            "block is re-initialised; a faithful map changes.")):
         if name in stored:
             items.append(Figure(data_uri(stored[name].numpy().tobytes(), "image/png"), caption=caption))
     return Section("trust", "Can the maps be trusted?",
