@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -161,11 +163,13 @@ def test_neuron_view_crops_and_guided_backprop():
 
 def test_cli_neurons(tmp_path, capsys):
     out, photo = tmp_path / "n", str(builtin_images().paths[0])
-    args = ["neurons", "default", photo, "--layer", "blocks.2", "--channels", "0,7", "--top", "1", "--out", str(out),
-            "--quiet"]
+    args = ["neurons", "default", photo, "--layer", "blocks.2", "--channels", "0,7", "--top", "1", "--neuron", "14,14",
+            "--out", str(out), "--quiet"]
     assert main(args) == 0
     assert (out / "neurons_blocks_2.png").stat().st_size > 0
     assert "receptive field 67 px" in capsys.readouterr().out
+    saved = json.loads((out / "neurons_blocks_2.json").read_text())
+    assert saved["channels"][0]["top"][0]["position"] == [14, 14]
     assert main(args) == 2  # exists, no --force
     assert main(["neurons", "default", "--layer", "blocks.99", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "no layer 'blocks.99'" in capsys.readouterr().err

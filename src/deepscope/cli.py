@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+import torch
+
 from deepscope import __version__
 from deepscope.errors import DeepscopeError
 
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    # Tiny (denormal) floats make CPU backward passes several times slower on some models (the
+    # TFLite imports): the CLI owns its process, so it flushes them to zero. The library leaves
+    # this process-wide setting to the caller.
+    torch.set_flush_denormal(True)
     try:
         return int(args.run(args) or 0)
     except DeepscopeError as error:

@@ -371,14 +371,19 @@ class NeuronView:
 
 
 def neuron_view(model: nn.Module, preprocess: Preprocess, images: ImageSet, layer: str, channels: Sequence[int],
-                k: int = 9, *, batch_size: int = 32, progress: bool = True) -> NeuronView:
+                k: int = 9, *, neuron: tuple[int, int] | None = None, batch_size: int = 32,
+                progress: bool = True) -> NeuronView:
     """Scan ``images`` for ``channels`` of ``layer`` and cut their top-k crops with guided backprop.
+
+    With ``neuron=(y, x)`` images are ranked by that one spatial neuron of each channel (see
+    :func:`top_activations`).
 
     Guided backprop (Springenberg et al. 2015) of neuron ``a[:, c, y, x]`` at each image's strongest
     position; models with activations guided backprop cannot handle get the plain gradient instead
     (``gradient_method`` says which).
     """
-    top = top_activations(model, images, preprocess, layer, channels, k, batch_size=batch_size, progress=progress)
+    top = top_activations(model, images, preprocess, layer, channels, k, neuron=neuron, batch_size=batch_size,
+                          progress=progress)
     field = receptive_field(model, layer, preprocess.input_size)
     try:
         method: Gradient = GuidedBackprop(model, absolute=False, layer=layer)

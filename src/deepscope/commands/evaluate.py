@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     add_model_argument(parser)
     add_images_argument(parser)
     parser.add_argument("--methods", default=DEFAULT_METHODS,
-                        help=f"comma-separated method names (default {DEFAULT_METHODS}; known: {', '.join(METHODS)})")
+                        help=f"comma-separated method names, or all (default {DEFAULT_METHODS}; known: {', '.join(METHODS)})")
     parser.add_argument("--images-per-class", type=positive_int, default=2, help="photos per class folder (default 2)")
     parser.add_argument("--mosaics", type=int, default=20, help="grid pointing game mosaics, 0 to skip (default 20)")
     parser.add_argument("--steps", type=positive_int, default=50, help="deletion/insertion steps (default 50)")
@@ -46,7 +46,7 @@ def run(args) -> int:
     from deepscope.render.evaluation import (perturbation_curves_figure, randomization_figure,
                                              randomization_similarity_figure)
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise DeepscopeError("--methods is empty; name at least one method, e.g. --methods gradient,random.")
     unknown = [m for m in methods if m not in METHODS]

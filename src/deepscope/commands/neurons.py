@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     parser.add_argument("--layer", required=True, help="layer name (see `deepscope layers MODEL`)")
     parser.add_argument("--channels", type=int_list, default=[0, 1, 2], help="comma-separated channels (default 0,1,2)")
     parser.add_argument("--top", type=int, default=9, help="crops per channel (default 9)")
+    parser.add_argument("--neuron", type=int_list, default=None, metavar="Y,X",
+                        help="rank images by this one spatial neuron of each channel (default: the channel's maximum)")
     add_run_options(parser, out="out/neurons")
     parser.set_defaults(run=run)
 
@@ -48,8 +50,11 @@ def run(args) -> int:
     json_path = check_writable(out / f"{stem}.json", args.force)
     loaded = model_from_args(args)
     images = images_from_args(args, loaded)
+    if args.neuron is not None and len(args.neuron) != 2:
+        raise DeepscopeError(f"--neuron takes two integers Y,X; got {args.neuron}.")
     view = neuron_view(loaded.model, loaded.preprocess, images, args.layer, args.channels, args.top,
-                       batch_size=args.batch_size, progress=not args.quiet)
+                       neuron=tuple(args.neuron) if args.neuron else None, batch_size=args.batch_size,
+                       progress=not args.quiet)
     save_figure(neuron_figure(view), figure_path)
     rows = [{"channel": c, "top": [{"path": path, "activation": round(float(value), 5), "position": position,
                                      "box": list(box)}
