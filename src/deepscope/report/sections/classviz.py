@@ -11,9 +11,9 @@ from deepscope.report.base import Figure, ReportContext, Section
 from deepscope.report.layers import block_layer
 
 #: classes drawn (the most frequent predictions among the sample images)
-CLASSES = 3
+CLASSES = 2
 #: optimisation steps of a class model, and Deep Dream's octaves and steps per octave, unless --steps says
-CLASS_STEPS, DREAM_OCTAVES, DREAM_STEPS = 64, 3, 10
+CLASS_STEPS, DREAM_OCTAVES, DREAM_STEPS = 48, 3, 10
 PRESET = "lucid"
 
 
