@@ -211,3 +211,25 @@ def test_probe_start_graph_gives_the_same_layer_gradient(tiny_cnn):
             assert act.is_leaf == start_graph
             grads.append(torch.autograd.grad(out[:, 1].sum(), act)[0])
     assert torch.allclose(grads[0], grads[1])
+
+
+class _ViewHead(nn.Module):
+    """An old-style model that flattens a spatial map with .view (impossible in channels-last layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        a = self.conv(x).relu()
+        return self.fc(a.view(a.size(0), -1))
+
+
+def test_models_that_view_spatial_maps_still_work():
+    torch.manual_seed(0)
+    model, x = _ViewHead().eval(), torch.randn(2, 3, 8, 8)
+    conv = model.conv(x)
+    (g,) = torch.autograd.grad(model.fc(conv.relu().flatten(1))[:, 1].sum(), [conv])  # Grad-CAM by hand
+    expected = (g.mean((2, 3))[:, :, None, None] * conv).sum(1, keepdim=True).clamp_min(0).detach()
+    assert torch.allclose(GradCAM(model, layer="conv").attribute_raw(x, 1), expected, atol=1e-6)
+    assert ScoreCAM(model, layer="conv", progress=False)(x.detach(), 1).shape == (2, 1, 8, 8)

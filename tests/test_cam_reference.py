@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_unchanged, model_fingerprint
-from deepscope.attribution.cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+from deepscope.attribution.cam import CAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from deepscope.images import load_inputs, scan_images
 from deepscope.maps import normalize
 from deepscope.probe import get_layer
@@ -41,7 +41,7 @@ def _agreement(ours, theirs, model, layer, x, classes):
 
 
 def check_agreement(loaded, photos, default_layer: str, few_channels: str) -> None:
-    """Grad-CAM, Grad-CAM++, Layer-CAM at the default layer and Score-CAM at ``few_channels``: r >= 0.999."""
+    """Grad-CAM, Grad-CAM++, Layer-CAM at the default layer and Score-CAM at ``few_channels``: r >= 0.999; CAM."""
     model = loaded.model
     x = load_inputs(photos, loaded.preprocess)
     with torch.no_grad():
@@ -51,6 +51,10 @@ def check_agreement(loaded, photos, default_layer: str, few_channels: str) -> No
     for ours, theirs in [(GradCAM, pgc.GradCAM), (GradCAMPlusPlus, pgc.GradCAMPlusPlus), (LayerCAM, pgc.LayerCAM)]:
         r = _agreement(ours(model), theirs, model, default_layer, x, classes)
         assert min(r) >= 0.999, (ours.name, r)
+    # CAM finds the pooling + linear head and is Grad-CAM before its ReLU times h*w
+    cam = CAM(model).attribute_raw(x, classes)
+    pre_relu = GradCAM(model, relu=False).attribute_raw(x, classes)
+    assert torch.allclose(pre_relu * cam[0, 0].numel(), cam, atol=1e-4 * float(cam.abs().max()))
     scorecam = ScoreCAM(model, layer=few_channels, batch_size=64, progress=False)
     r = _agreement(scorecam, pgc.ScoreCAM, model, few_channels, x[:1], classes[:1])
     assert min(r) >= 0.999, ("scorecam", r)

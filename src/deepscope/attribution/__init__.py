@@ -1,11 +1,12 @@
 """Attribution methods: which input pixels drive a prediction. See :mod:`deepscope.attribution.base`."""
 
 from deepscope.attribution.base import Attribution
-from deepscope.attribution.cam import CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM  # noqa: F401
+from deepscope.attribution.cam import CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.attribution.integrated_gradients import IntegratedGradients
 from deepscope.attribution.occlusion import Occlusion
 from deepscope.attribution.smoothgrad import SmoothGrad
 
-__all__ = ["Attribution", "Gradient", "GuidedBackprop", "IntegratedGradients", "Occlusion", "SmoothGrad"]
+__all__ = ["Attribution", "CAM", "GradCAM", "GradCAMPlusPlus", "Gradient", "GuidedBackprop", "GuidedGradCAM",
+           "IntegratedGradients", "LayerCAM", "Occlusion", "ScoreCAM", "SmoothGrad"]

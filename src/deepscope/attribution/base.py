@@ -8,6 +8,7 @@
   attributions (gradients, Integrated Gradients) or (N, 1, H, W) for spatial ones (occlusion, CAMs).
   Use :mod:`deepscope.maps` to reduce channels, resize and normalise.
 
+On the CPU, methods run the model on channels-last copies of the input (:func:`deepscope.probe.fast_layout`).
 The user's model is only touched through :class:`deepscope.probe.Probe`, so it is exactly as
 before after every call, also when the call raises. Each method documents only how it differs.
 """

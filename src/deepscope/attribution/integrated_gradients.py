@@ -101,7 +101,8 @@ class IntegratedGradients(Attribution):
             for start in range(0, n * steps, self.batch_size):
                 rows = torch.arange(start, min(start + self.batch_size, n * steps), device=inputs.device)
                 samples, points = rows // steps, rows % steps
-                x = fast_layout(baseline[samples] + alphas[points].view(-1, 1, 1, 1) * delta[samples]).requires_grad_(True)
+                x = baseline[samples] + alphas[points].view(-1, 1, 1, 1) * delta[samples]
+                x = fast_layout(x).requires_grad_(True)
                 output = probe(x)
                 scores = target_scores(output, select_target(resolved, samples))
                 (grad,) = input_gradient(scores, x)

@@ -116,8 +116,10 @@ class Occlusion(Attribution):
             if cuts:
                 runner = self._choose_runner(probe, cuts, clean_activations, inputs, baselines, positions) or runner
             self.cut_layer_ = runner.cut
+            clean_activations = {runner.cut: clean_activations[runner.cut]} if runner.cut else {}
             drops = inputs.new_empty(n, len(positions))
-            bar = tqdm(total=n * len(positions), desc="occlusion", unit="window", disable=not self.progress, leave=False)
+            bar = tqdm(total=n * len(positions), desc="occlusion", unit="window", disable=not self.progress,
+                       leave=False)
             for i in range(n):
                 runner.prepare(clean_activations, i)
                 sample_target = _index(resolved, i)
@@ -126,6 +128,7 @@ class Occlusion(Attribution):
                     output = runner.run(probe, inputs[i], baselines[i], chunk, self.window)
                     scores = self._scores(output, repeat_target(sample_target, len(chunk)))
                     drops[i, start:start + len(chunk)] = clean_scores[i] - scores
+                    probe.activations.clear()  # captured stages are needed only for the clean pass
                     bar.update(len(chunk))
             bar.close()
         return spread_windows(drops.clone(), (height, width), self.window, self.stride)

@@ -26,7 +26,8 @@ class SmoothGrad(Attribution):
 
     def __init__(self, method: Attribution, n: int = 25, noise: float = 0.15, batch_size: int = 25, seed: int = 0):
         if not isinstance(method, Attribution):
-            raise DeepscopeError(f"SmoothGrad wraps an attribution method such as Gradient(model), got {type(method).__name__}.")
+            raise DeepscopeError("SmoothGrad wraps an attribution method such as Gradient(model), "
+                                 f"got {type(method).__name__}.")
         super().__init__(method.model)
         if n < 1 or batch_size < 1:
             raise DeepscopeError(f"SmoothGrad needs n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}.")

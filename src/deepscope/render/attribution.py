@@ -3,13 +3,15 @@
 Maps come straight from a method (``(N, C, H, W)`` or ``(N, 1, H, W)``, any scale). For display a
 per-channel map is summed over channels (signed methods such as Integrated Gradients keep their
 sign; for them the sum is what adds up to the score difference). A map with negative values is
-drawn with a diverging colour map centred on zero, a map of magnitudes with a sequential one.
+drawn with a diverging colour map centred on zero, a map of magnitudes with a sequential one. Colours
+are relative to each map's 99.5th percentile of |value| (colour bars read in those units).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
 import torch
 
@@ -24,16 +26,23 @@ def display_map(maps: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return flat, bool((flat < 0).any())
 
 
+def display_scale(heatmap: torch.Tensor, signed: bool) -> torch.Tensor:
+    """One (H, W) map scaled for colouring: divided by the 99.5th percentile of |map| and clipped, so a few
+    extreme pixels (common in gradient maps) do not wash out the rest; [0, 1], or [-1, 1] when signed."""
+    scale = torch.quantile(heatmap.abs().flatten(), 0.995).clamp_min(1e-12)
+    return (heatmap / scale).clamp(-1 if signed else 0, 1)
+
+
 def _draw(ax, pixels: torch.Tensor, heatmap: torch.Tensor | None, signed: bool, title: str, alpha: float) -> None:
     if heatmap is None:
         ax.imshow(to_image_array(pixels))
     else:
-        ax.imshow(overlay(pixels, heatmap, alpha=alpha, signed=signed))
-        scale = float(heatmap.abs().max()) or 1.0
-        # an invisible image carries the colour scale for the colour bar
-        mappable = ax.imshow(heatmap.cpu().numpy(), cmap=DIVERGING_CMAP if signed else SEQUENTIAL_CMAP, alpha=0,
-                             vmin=-scale if signed else float(heatmap.min()), vmax=scale)
-        ax.figure.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        scaled = display_scale(heatmap, signed)  # max 1 after clipping, as overlay's min..max stretch assumes
+        ax.imshow(overlay(pixels, scaled, alpha=alpha, signed=signed))
+        norm = matplotlib.colors.Normalize(-1 if signed else float(scaled.min()), 1)
+        mappable = matplotlib.cm.ScalarMappable(norm, DIVERGING_CMAP if signed else SEQUENTIAL_CMAP)
+        bar = ax.figure.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
     ax.set_title(title, fontsize=8)
     ax.axis("off")
 
