@@ -32,6 +32,8 @@ class MethodInfo:
     build: Callable[..., Attribution]
     paper: str
     summary: str
+    #: a control (random, centred map) that sets the chance level of the metrics, not an explanation
+    control: bool = False
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -55,8 +57,10 @@ METHODS: dict[str, MethodInfo] = {
                    "layer maps weighted by the score of the input masked with each map"),
         MethodInfo("layercam", LayerCAM, "Jiang et al. 2021", "layer maps weighted per position by positive gradients"),
         MethodInfo("guided-gradcam", GuidedGradCAM, "Selvaraju et al. 2017", "guided backprop x upsampled Grad-CAM"),
-        MethodInfo("random", RandomMap, "control", "uniform noise (seeded): the chance level of every metric"),
-        MethodInfo("center", CenterMap, "control", "a Gaussian at the image centre: the centre-bias baseline"),
+        MethodInfo("random", RandomMap, "control", "uniform noise (seeded): the chance level of every metric",
+                   control=True),
+        MethodInfo("center", CenterMap, "control", "a Gaussian at the image centre: the centre-bias baseline",
+                   control=True),
     ]
 }
 

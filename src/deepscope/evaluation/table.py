@@ -177,9 +177,7 @@ def table_markdown(rows: Sequence[dict], caption: str = "") -> str:
     lines = ([caption, ""] if caption else []) + ["| " + " | ".join(headers) + " |",
                                                    "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [row["method"], _pm(row["deletion_auc"], row["deletion_sem"]),
-                 _pm(row["insertion_auc"], row["insertion_sem"]), _pm(row["pointing"], row["pointing_sem"]),
-                 _number(row["randomization_spearman"]), _number(row["randomization_ssim"]), f"{row['seconds']:.0f}"]
+        cells = format_row(row)
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {row['method']}: {row['error']}" for row in rows if row.get("error")]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -188,12 +186,16 @@ def table_markdown(rows: Sequence[dict], caption: str = "") -> str:
 def table_text(rows: Sequence[dict]) -> str:
     """A plain-text table for the terminal."""
     headers = ["method", "deletion", "insertion", "pointing", "rand. corr", "rand. SSIM", "s"]
-    body = [[row["method"], _pm(row["deletion_auc"], row["deletion_sem"]),
-             _pm(row["insertion_auc"], row["insertion_sem"]), _pm(row["pointing"], row["pointing_sem"]),
-             _number(row["randomization_spearman"]), _number(row["randomization_ssim"]), f"{row['seconds']:.0f}"]
-            for row in rows]
+    body = [format_row(row) for row in rows]
     widths = [max(len(r[i]) for r in [headers] + body) for i in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [headers] + body)
+
+
+def format_row(row: dict) -> list[str]:
+    """The cells of one table row as text: mean ± standard error, n/a for missing values."""
+    return [row["method"], _pm(row["deletion_auc"], row["deletion_sem"]), _pm(row["insertion_auc"], row["insertion_sem"]),
+            _pm(row["pointing"], row["pointing_sem"]), _number(row["randomization_spearman"]),
+            _number(row["randomization_ssim"]), f"{row['seconds']:.0f}"]
 
 
 def _number(value: float) -> str:

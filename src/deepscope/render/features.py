@@ -35,7 +35,8 @@ def knn_figure(bank: FeatureBank, neighbours: Neighbours, pixel_bank: FeatureBan
                size: int = 96):
     """Per query: a row "query | k feature-space neighbours" and, if given, "query | k pixel-space neighbours".
 
-    A neighbour's frame is green when its class is the query's, red otherwise; its distance is printed.
+    A neighbour's frame is green when its class is the query's, red otherwise (no frame for unlabelled
+    images); its distance is printed.
     ``class_names`` maps model class indices to names (default: the class folder names).
     """
     rows = [(bank, neighbours, f"feature space\n{bank.layer}")]
@@ -68,10 +69,11 @@ def knn_figure(bank: FeatureBank, neighbours: Neighbours, pixel_bank: FeatureBan
             axes_row[0].set_ylabel(label, fontsize=7)
             for j in range(k):
                 other = int(found.indices[q, j])
+                labelled = source.labels[query] is not None or source.folders[query] is not None
                 same = source.labels[other] == source.labels[query] and source.folders[other] == source.folders[query]
                 show(axes_row[j + 1], source, other,
                      f"{source.class_name(other, class_names)[:18]}\nd={float(found.distances[q, j]):.3f}",
-                     SAME_CLASS if same else OTHER_CLASS)
+                     (SAME_CLASS if same else OTHER_CLASS) if labelled else None)
     fig.suptitle(f"{k} nearest neighbours ({neighbours.metric}) of {len(neighbours.queries)} queries: "
                  f"{bank.model} features vs preprocessed pixels", fontsize=9)
     fig.tight_layout()

@@ -26,8 +26,6 @@ from deepscope.report.cache import make_key
 #: the legend shows each method's settings
 GALLERY_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
                    "smoothgrad": {"n": 12}, "ig": {"steps": 16}}
-#: registered maps that are controls for the faithfulness table, not explanations
-CONTROLS = "control"
 #: images per attribution call: bounds the memory of a backward pass (a method batches its own work inside)
 CHUNK = 8
 #: a map counts as signed when its most negative value reaches this share of its largest |value|
@@ -70,7 +68,7 @@ def saliency_section(ctx: ReportContext) -> Section:
 
 def gallery_methods() -> list[str]:
     """The registered methods, without the controls."""
-    return [name for name, info in METHODS.items() if info.paper != CONTROLS]
+    return [name for name, info in METHODS.items() if not info.control]
 
 
 def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: torch.Tensor,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deepscope.attribution.registry import METHODS
-from deepscope.evaluation.table import COLUMNS, _number, _pm, evaluate_methods, select_images
+from deepscope.evaluation.table import COLUMNS, evaluate_methods, format_row, select_images
 from deepscope.images import load_inputs
 from deepscope.render.evaluation import perturbation_curves_figure, randomization_figure
 from deepscope.render.report import data_uri, png_tensor
@@ -27,9 +27,7 @@ def trust_section(ctx: ReportContext) -> Section:
     stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, methods, steps))
     rows = stored["rows"]
     headers = [header for _, header, _ in COLUMNS]
-    table = [[row["method"], _pm(row["deletion_auc"], row["deletion_sem"]), _pm(row["insertion_auc"], row["insertion_sem"]),
-              _pm(row["pointing"], row["pointing_sem"]), _number(row["randomization_spearman"]),
-              _number(row["randomization_ssim"]), f"{row['seconds']:.0f}"] for row in rows]
+    table = [format_row(row) for row in rows]
     items = [Table(headers, table, f"{loaded.name} on {stored['images']} photo(s), {steps} deletion/insertion steps, "
                                    f"up to {MOSAICS} pointing-game mosaics, seed {settings.seed}; mean ± standard error. "
                                    "random and center are controls: they show chance level.")]
