@@ -12,7 +12,7 @@ import csv
 import io
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -98,6 +98,7 @@ def select_images(images: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
 def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[str], *, images_per_class: int = 2,
                      mosaics: int = 20, steps: int = 50, cascade_steps: int = 1, cascade_depth: int | None = 2,
                      randomization_images: int = 8, layer: str | None = None, batch_size: int = 32, seed: int = 0,
+                     method_options: Mapping[str, Mapping] | None = None,
                      progress: bool = False) -> list[MethodEvaluation]:
     """Deletion, insertion, grid pointing game and top-layer randomisation for each method name.
 
@@ -121,6 +122,8 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
         Photos used for the randomisation check (the first of the selection).
     layer, batch_size, seed
         Offered to every method's constructor (each takes those it accepts).
+    method_options : mapping of method name to options, optional
+        Extra constructor options for single methods (e.g. ``{"ig": {"steps": 16}}``).
     """
     from tqdm.auto import tqdm
 
@@ -131,9 +134,9 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
     device = model_device(loaded.model)
     inputs = load_inputs(chosen.paths, loaded.preprocess).to(device)
     labelled = [i for i, label in enumerate(chosen.labels) if label is not None]
-    options = {"layer": layer, "batch_size": batch_size, "seed": seed}
     results = []
     for name in tqdm(methods, desc="methods", unit="method", disable=not progress):
+        options = {"layer": layer, "batch_size": batch_size, "seed": seed, **(method_options or {}).get(name, {})}
         started = time.perf_counter()
         evaluation = MethodEvaluation(name)
         try:

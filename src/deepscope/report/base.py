@@ -24,6 +24,11 @@ from deepscope.images import ImageSet
 from deepscope.models.zoo import LoadedModel
 from deepscope.report.cache import Cache, classification_key, make_key
 
+#: the report's settings for the costly methods, so that a report stays within minutes on a 2-core CPU
+#: (a method takes the options its constructor accepts); the gallery's legend and the trust table show them
+QUICK_METHOD_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
+                        "smoothgrad": {"n": 12}, "ig": {"steps": 16}}
+
 
 @dataclass(frozen=True)
 class ReportSettings:
@@ -203,6 +208,12 @@ class ReportContext:
                 self.cache.save("classify", key, _classification_to_store(result, self.images))
                 self._classification = result
         return self._classification
+
+    def method_options(self, name: str) -> dict:
+        """Constructor options of method ``name`` in the report: :data:`QUICK_METHOD_OPTIONS`, with
+        ``--steps`` overriding ``steps``."""
+        steps = {"steps": self.settings.steps} if self.settings.steps else {}
+        return {**QUICK_METHOD_OPTIONS.get(name, {}), **steps}
 
     def figure(self, what: str, parts: Sequence[Any], draw: Callable[[], Any], *, images: bool = True) -> str:
         """Data URI of the matplotlib figure ``draw()`` returns, cached on disk as PNG.

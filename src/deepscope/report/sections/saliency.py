@@ -21,11 +21,6 @@ from deepscope.render.report import heatmap_layer_uri, photo_uri
 from deepscope.report.base import MapLayer, ReportContext, SaliencyCard, Section, Table
 from deepscope.report.cache import make_key
 
-#: the gallery's settings for the costly methods, so that the default report stays within minutes on a
-#: 2-core CPU (a method takes the options its constructor accepts; ``--steps`` overrides ``steps``);
-#: the legend shows each method's settings
-GALLERY_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
-                   "smoothgrad": {"n": 12}, "ig": {"steps": 16}}
 #: images per attribution call: bounds the memory of a backward pass (a method batches its own work inside)
 CHUNK = 8
 #: a map counts as signed when its most negative value reaches this share of its largest |value|
@@ -76,7 +71,7 @@ def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: to
     """One layer per sample image for method ``name`` (from the cache, computed, or a not-applicable
     note) and the method's settings."""
     settings = ctx.settings
-    overrides = {**GALLERY_OPTIONS.get(name, {}), **({"steps": settings.steps} if settings.steps else {})}
+    overrides = ctx.method_options(name)
     options = {"layer": None, "batch_size": settings.batch_size, "seed": settings.seed, "progress": False, **overrides}
     try:
         method = build_method(name, ctx.loaded.model, **options)

@@ -11,20 +11,19 @@ from deepscope.report.base import Figure, Note, ReportContext, Section, Table
 from deepscope.report.cache import make_key
 
 #: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
-#: photos in the randomisation check
-STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES = 20, 12, 1, 1
-#: methods left out of the report's table for time (one forward pass per window or channel, on every
-#: image, mosaic and randomised model); ``deepscope evaluate --methods ...`` scores them
-COSTLY = ("occlusion", "scorecam")
+#: photos in the randomisation check; photos per class folder scored (the table's cost grows with each)
+STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS = 20, 8, 1, 1, 1
 
 
 def trust_section(ctx: ReportContext) -> Section:
     loaded, settings = ctx.loaded, ctx.settings
-    methods = [name for name in METHODS if name not in COSTLY]
+    methods = list(METHODS)
     steps = settings.steps or STEPS
-    parts = [methods, settings.per_class, steps, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, settings.seed]
+    options = {name: ctx.method_options(name) for name in methods}
+    per_class = _photos_per_class(ctx)
+    parts = [methods, options, per_class, steps, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, settings.seed]
     key = make_key("trust", parts, ctx.cache.model_digest(loaded), ctx.cache.images_digest(ctx.images))
-    stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, methods, steps))
+    stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, methods, steps, options, per_class))
     rows = stored["rows"]
     headers = [header for _, header, _ in COLUMNS]
     table = [format_row(row) for row in rows]
@@ -32,10 +31,10 @@ def trust_section(ctx: ReportContext) -> Section:
                                    f"up to {MOSAICS} pointing-game mosaics, seed {settings.seed}; mean ± standard error. "
                                    "random and center are controls: they show chance level.")]
     items += [Note(f"{row['method']}: {row['error']}") for row in rows if row["error"]]
-    left_out = [name for name in COSTLY if name in METHODS]
-    if left_out:
-        items.append(Note(f"Left out for time: {', '.join(left_out)} (one forward pass per window or channel). "
-                          f"Score them with: deepscope evaluate MODEL IMAGES --methods {','.join(left_out)},random"))
+    quick = ", ".join(f"{name} {', '.join(f'{k}={v}' for k, v in opts.items())}" for name, opts in options.items() if opts)
+    if quick:
+        items.append(Note(f"Quick settings for the costly methods: {quick}. "
+                          "`deepscope evaluate MODEL IMAGES --methods all` scores them at their defaults."))
     for name, caption in (("curves", "Deletion (left) and insertion (right) curves: the class probability as the most "
                                      "important pixels are removed or revealed first."),
                           ("randomization", "Sanity check: each method's map on the trained model and after its top "
@@ -48,16 +47,23 @@ def trust_section(ctx: ReportContext) -> Section:
                    "(Adebayo et al. 2018), next to a random and a centred control map.", items)
 
 
-def _evaluate(ctx: ReportContext, methods: list[str], steps: int) -> dict:
+def _photos_per_class(ctx: ReportContext) -> int:
+    """:data:`PER_CLASS` photos of each class folder; of a flat folder, the report's sample size."""
+    labelled = any(folder is not None for folder in ctx.images.folders)
+    return PER_CLASS if labelled else ctx.settings.max_images
+
+
+def _evaluate(ctx: ReportContext, methods: list[str], steps: int, options: dict, per_class: int) -> dict:
     loaded, settings = ctx.loaded, ctx.settings
-    results = evaluate_methods(loaded, ctx.images, methods, images_per_class=settings.per_class, mosaics=MOSAICS,
+    results = evaluate_methods(loaded, ctx.images, methods, images_per_class=per_class, mosaics=MOSAICS,
                                steps=steps, cascade_steps=CASCADE_STEPS, randomization_images=RANDOMIZATION_IMAGES,
-                               batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress)
+                               batch_size=settings.batch_size, seed=settings.seed, method_options=options,
+                               progress=settings.progress)
     done = [r for r in results if r.deletion is not None]
     stored = {"rows": [r.row() for r in results], "images": len(done[0].deletion.auc) if done else 0}
     if done:
         stored["curves"] = png_tensor(perturbation_curves_figure({r.method: (r.deletion, r.insertion) for r in done}))
-        first = select_images(ctx.images, settings.per_class, settings.seed).paths[:1]
+        first = select_images(ctx.images, per_class, settings.seed).paths[:1]
         pixels = load_inputs(first, loaded.preprocess.crop)[0]
         stored["randomization"] = png_tensor(randomization_figure({r.method: r.randomization for r in done}, pixels))
     return stored
