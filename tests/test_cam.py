@@ -93,6 +93,23 @@ def test_scorecam_by_hand_and_batch_size_invariance(gap_model):
     assert not torch.allclose(capped, by_hand, atol=1e-5)
 
 
+def test_scorecam_runs_channels_with_the_same_mask_once(gap_model):
+    with torch.no_grad():  # channel 2 = 2 x channel 0 and channel 3 = channel 1 / 2 after the ReLU: same masks
+        conv = gap_model[0]
+        conv.weight[2], conv.bias[2] = 2 * conv.weight[0], 2 * conv.bias[0]
+        conv.weight[3], conv.bias[3] = conv.weight[1] / 2, conv.bias[1] / 2
+    x = torch.randn(3, 3, 12, 12)
+    rows = []
+    handle = gap_model[0].register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    try:
+        maps = ScoreCAM(gap_model, batch_size=4, progress=False).attribute_raw(x, 2)
+    finally:
+        handle.remove()
+    # one image to find the default layer, the activations, one zero input, then 2 masks per image instead of 4
+    assert sum(rows) == 1 + 3 + 1 + 3 * 2
+    assert torch.allclose(maps, _scorecam_by_hand(gap_model, x, 2), atol=1e-5)
+
+
 def test_cam_refuses_fully_connected_heads_and_callable_targets(gap_model):
     alexnet = torchvision.models.alexnet(weights=None)
     before = model_fingerprint(alexnet)
