@@ -1,6 +1,10 @@
 """The CLI: one-line errors for user mistakes, no silent overwrites, machine-readable output."""
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 from deepscope.cli import main
 
@@ -37,3 +41,26 @@ def test_classify_reports_accuracy_and_skipped_files(capsys, tmp_path, in20):
     captured = capsys.readouterr()
     assert "overall on 3 labelled image(s)" in captured.out
     assert "broken.jpg" in captured.err and "skipped 1 file(s)" in captured.err
+
+
+_MMAPPED_BYTES = """
+import ctypes, sys
+from deepscope.cli import keep_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+block = bytearray(200 * 2**20)
+print(int(kept), libc.mallinfo2().hblkhd)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_cli_keeps_large_blocks_in_the_heap():
+    """The CLI's process serves large blocks from the reusable heap instead of fresh mmaps (glibc)."""
+    runs = {how: subprocess.run([sys.executable, "-c", _MMAPPED_BYTES, how], capture_output=True, text=True,
+                                check=True).stdout.split() for how in ("keep", "default")}
+    assert runs["keep"][0] == "1" and int(runs["keep"][1]) < 100 * 2**20  # a few small mmaps from start-up
+    assert runs["default"][0] == "0" and int(runs["default"][1]) >= 200 * 2**20
