@@ -11,6 +11,8 @@ load from other processes on the machine slows them alike and the ratios stay co
 Score-CAM costs one forward per channel and image; pytorch-grad-cam's takes about a minute per image,
 so Score-CAM runs on ``--scorecam-images`` (1) photo, ``--scorecam-repeats`` (1) times per batch size;
 ``--scorecam-layer features.14`` (160 channels) measures the same per-forward costs in a tenth of the time.
+``--fast-malloc`` re-runs the script with glibc keeping freed memory (see ``allocator.py``): on machines where
+page faults are expensive every library runs faster, and the ratios change.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from allocator import malloc_regime, use_fast_malloc
 from deepscope.attribution.cam import GradCAM, ScoreCAM, default_cam_layer
 from deepscope.images import load_inputs, scan_images
 from deepscope.models.zoo import load_model
@@ -68,13 +71,16 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scorecam-images", type=int, default=1)
-    parser.add_argument("--batch-sizes", default="32,64,128", help="deepscope Score-CAM batch sizes to try")
-    parser.add_argument("--peer-batch-sizes", default="16,64", help="pytorch-grad-cam ScoreCAM batch sizes to try")
+    parser.add_argument("--batch-sizes", default="16,64", help="deepscope Score-CAM batch sizes to try")
+    parser.add_argument("--peer-batch-sizes", default="16,32,64", help="pytorch-grad-cam ScoreCAM batch sizes to try")
     parser.add_argument("--scorecam-layer", help="Score-CAM layer (default: the CAM layer); fewer channels run faster")
     parser.add_argument("--scorecam-repeats", type=int, default=1, help="interleaved Score-CAM rounds (no warm-up)")
     parser.add_argument("--skip-scorecam", action="store_true")
     parser.add_argument("--skip-scorecam-peer", action="store_true", help="skip pytorch-grad-cam's slow ScoreCAM")
+    parser.add_argument("--fast-malloc", action="store_true", help="run with glibc keeping freed memory")
     args = parser.parse_args(argv)
+    if args.fast_malloc:
+        use_fast_malloc()
     torch.set_num_threads(args.threads)
 
     import pytorch_grad_cam as pgc
@@ -94,7 +100,7 @@ def main(argv=None) -> int:
     module = get_layer(model, layer)
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
     print(f"model {loaded.name} ({args.model}), layer {layer}, {n} photos of {tuple(x.shape[1:])}, "
-          f"{args.threads} threads, torch {torch.__version__}, median of {args.repeats}")
+          f"{args.threads} threads, torch {torch.__version__}, median of {args.repeats}\n{malloc_regime()}")
 
     def bare():
         with torch.inference_mode():
