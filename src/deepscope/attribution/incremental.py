@@ -290,6 +290,8 @@ class ConeRunner:
 
     def run(self, plan: ConePlan, crops: torch.Tensor, placement: Placement) -> torch.Tensor:
         """The model's output for images given by their input ``crops`` (placed by ``plan.place``)."""
+        device = crops.device
+        placement = Placement([box.to(device) for box in placement.boxes], [o.to(device) for o in placement.origins])
         self._plan, self._placement = plan, placement
         self.pasted = {}
         try:
