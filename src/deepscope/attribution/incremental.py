@@ -21,8 +21,8 @@ addition inside a stage is local too. For a batch of changed images:
 Crops start on the segment's stride grid and reach the border whenever the box is near it, so the
 zero padding is the network's own (TensorFlow 'SAME' padding included) and every pasted value equals
 a full forward pass's. Callers check a few images against full forward passes before trusting a
-chain (see :meth:`ConeRunner.matches_full_passes`), so a model whose forward is not a chain through
-its stages falls back to full passes instead of giving wrong numbers.
+chain (as :class:`~deepscope.attribution.occlusion.Occlusion` does, using :attr:`ConeRunner.pasted`), so a
+model whose forward is not a chain through its stages falls back to full passes instead of giving wrong numbers.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 Pair = tuple[int, int]
 
 
-def _pair(value) -> Pair:
+def pair(value) -> Pair:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
@@ -74,8 +74,8 @@ def window_geometry(module: nn.Module) -> tuple[Pair, tuple[Pair, Pair]] | None:
     """
     if not isinstance(module, WINDOWED):
         return None
-    kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
-    dilation = _pair(getattr(module, "dilation", 1))
+    kernel, stride = pair(module.kernel_size), pair(module.stride or module.kernel_size)
+    dilation = pair(getattr(module, "dilation", 1))
     spans = [(k - 1) * d for k, d in zip(kernel, dilation)]
     padding = module.padding
     if isinstance(module, _same_padded_types()):
@@ -87,7 +87,7 @@ def window_geometry(module: nn.Module) -> tuple[Pair, tuple[Pair, Pair]] | None:
         elif padding == "valid":
             before = [0, 0]
         else:
-            before = list(_pair(padding))
+            before = list(pair(padding))
     else:  # padding decided in a forward we do not know: assume any offset within the span
         return stride, tuple((span, span) for span in spans)
     return stride, tuple((b, span - b) for b, span in zip(before, spans))
@@ -145,8 +145,11 @@ def local_stages(model: nn.Module, last: str | None = None) -> list[Stage]:
     # outer names come first: an inner stage ending at the same leaf replaces them, unless ``last`` names it
     for stage in stages:
         inside = [i for i, (name, _) in enumerate(leaves) if name == stage or name.startswith(stage + ".")]
-        if inside and inside[-1] < len(geometry_after_leaf) and by_end.get(inside[-1], Stage("", 0, 0)).name != last:
-            by_end[inside[-1]] = Stage(stage, *geometry_after_leaf[inside[-1]])
+        if not inside or inside[-1] >= len(geometry_after_leaf):
+            continue
+        end = inside[-1]
+        if end not in by_end or by_end[end].name != last:
+            by_end[end] = Stage(stage, *geometry_after_leaf[end])
     chain = [by_end[end] for end in sorted(by_end)]
     if last is not None:
         names = [stage.name for stage in chain]
@@ -279,6 +282,7 @@ class ConeRunner:
         self._plan: ConePlan | None = None
         self._placement: Placement | None = None
         self._references: dict[str, torch.Tensor] = {}
+        #: the last run's pasted activation at its plan's last cut, ``{name: tensor}``, to check against a full pass
         self.pasted: dict[str, torch.Tensor] = {}
         for stage in stages:
             probe.replace_output(stage.name, self._paste_hook(stage.name))
@@ -336,7 +340,8 @@ class ConeRunner:
         flat = output.permute(0, 2, 3, 1).reshape(-1, channels)
         pasted = torch.where(inside, flat[source_rows], self._references[segment.name][reference_rows])
         pasted = pasted.permute(0, 3, 1, 2)  # (B, C, h, w) in channels-last memory
-        self.pasted[segment.name] = pasted
+        if k + 1 == len(plan.segments):
+            self.pasted = {segment.name: pasted}
         return pasted
 
 
@@ -349,7 +354,7 @@ def conv_costs(model: nn.Module, image: torch.Tensor) -> list[tuple[str, float]]
         for name in convs:
             module, out = get_layer(model, name), probe.activations.get(name)
             if out is not None:
-                per_output = module.in_channels // module.groups * math.prod(_pair(module.kernel_size))
+                per_output = module.in_channels // module.groups * math.prod(pair(module.kernel_size))
                 costs.append((name, float(out[0].numel() * (per_output + 16))))
     return costs
 
@@ -362,16 +367,14 @@ def plan_costs(model: nn.Module, plan: ConePlan, costs: list[tuple[str, float]],
     adds the copying of its pasted activation.
     """
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    ends = []
-    for segment in plan.segments:
-        end = max(i for name, i in order.items() if name == segment.name or name.startswith(segment.name + "."))
-        ends.append(end)
+    ends = [max(i for name, i in order.items() if name == segment.name or name.startswith(segment.name + "."))
+            for segment in plan.segments]
+    # the segment each convolution belongs to (len(ends): after every cut)
+    segment_of = [next((k for k, end in enumerate(ends) if order[name] <= end), len(ends)) for name, _ in costs]
     totals = []
     for count in range(1, len(plan.segments) + 1):
-        total = 0.0
-        for name, cost in costs:
-            k = next((k for k in range(count) if order[name] <= ends[k]), None)
-            total += cost * (plan.segments[k].crop_fraction if k is not None else 1.0)
+        total = sum(cost * (plan.segments[k].crop_fraction if k < count else 1.0)
+                    for (_, cost), k in zip(costs, segment_of))
         for k in range(count):
             segment = plan.segments[k]
             extent = plan.segments[k + 1].crop if k + 1 < count else segment.out_size

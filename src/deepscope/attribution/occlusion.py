@@ -30,17 +30,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from deepscope.attribution.base import Attribution
-from deepscope.attribution.incremental import ConePlan, ConeRunner, conv_costs, local_stages, plan_costs
+from deepscope.attribution.incremental import ConePlan, ConeRunner, conv_costs, local_stages, pair, plan_costs
 from deepscope.errors import DeepscopeError
 from deepscope.probe import Probe, fast_layout
 from deepscope.targets import Target, repeat_target, resolve_target, target_scores
 
 BASELINES = ("zero", "mean", "blur")
 SCORES = ("logit", "probability")
-
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
-
 
 class Occlusion(Attribution):
     """Occlusion map, see the module docstring.
@@ -69,7 +65,7 @@ class Occlusion(Attribution):
     def __init__(self, model: nn.Module, window=16, stride=8, baseline: str | float = "zero",
                  score: str = "logit", batch_size: int = 64, incremental: bool | str = True, progress: bool = False):
         super().__init__(model)
-        self.window, self.stride = _pair(window), _pair(stride)
+        self.window, self.stride = pair(window), pair(stride)
         if min(self.window) < 1 or min(self.stride) < 1:
             raise DeepscopeError(f"occlusion window and stride must be positive, got {window} and {stride}.")
         if not isinstance(baseline, (int, float)) and baseline not in BASELINES:
@@ -93,9 +89,10 @@ class Occlusion(Attribution):
         positions = window_positions((height, width), self.window, self.stride)
         starts = torch.tensor(positions).view(-1, 2)  # geometry stays on the host: no device syncs per batch
         baselines = self.baseline_images(inputs)
-        stages = []
+        stages, costs = [], []
         if self.incremental:
             stages = local_stages(self.model, self.incremental if isinstance(self.incremental, str) else None)
+        if self.incremental is True:  # the chain is chosen by estimated cost
             costs = conv_costs(self.model, inputs[:1])
         with Probe(self.model, [stage.name for stage in stages], detach=True) as probe, torch.inference_mode():
             clean = probe(fast_layout(inputs))
@@ -106,6 +103,8 @@ class Occlusion(Attribution):
             plan = self._choose_plan(probe, runner, stages, costs, references, inputs, baselines, starts) \
                 if stages else None
             self.cut_layer_ = plan.last if plan else None
+            if plan:  # only the plan's cuts are pasted into
+                references = {segment.name: references[segment.name] for segment in plan.segments}
             drops = inputs.new_empty(n, len(positions))
             bar = tqdm(total=n * len(positions), desc="occlusion", unit="window", disable=not self.progress,
                        leave=False)
