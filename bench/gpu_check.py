@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from deepscope.attribution.registry import METHODS, build_method
+from deepscope.catalogue import METHODS, build_method, get_method
 from deepscope.errors import DeepscopeError
 from deepscope.images import load_inputs, scan_images
 from deepscope.models.zoo import load_model
@@ -49,10 +49,10 @@ def main() -> None:
     print(f"{'method':<16}{'device ok':>10}{'max rel diff':>14}{'cpu s/img':>11}{'gpu s/img':>11}")
     for name in args.methods.split(","):
         try:
-            cpu_method = build_method(name, loaded.model.cpu(), batch_size=64, seed=0)
+            cpu_method = build_method(name, loaded.model.cpu(), **get_method(name).offered(batch_size=64, seed=0))
             cpu_maps, cpu_time = timed(lambda: cpu_method.attribute(x_cpu, target), repeats=1)
             gpu_model = loaded.model.cuda()
-            gpu_method = build_method(name, gpu_model, batch_size=256, seed=0)
+            gpu_method = build_method(name, gpu_model, **get_method(name).offered(batch_size=256, seed=0))
             x_gpu, t_gpu = x_cpu.cuda(), target.cuda()
             gpu_maps, gpu_time = timed(lambda: gpu_method.attribute(x_gpu, t_gpu))
         except DeepscopeError as error:

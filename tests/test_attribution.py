@@ -12,7 +12,7 @@ from torch import nn
 
 from deepscope.attribution import Gradient, GuidedBackprop, IntegratedGradients, Occlusion, SmoothGrad
 from deepscope.attribution.integrated_gradients import path_points
-from deepscope.attribution.registry import build_method
+from deepscope.catalogue import build_method, get_method
 from deepscope.errors import DeepscopeError, TargetError, UnsupportedModelError
 from deepscope.probe import fast_layout
 
@@ -266,10 +266,10 @@ def test_model_unchanged_also_on_error(name, tiny_cnn):
     assert_unchanged(tiny_cnn, before)
 
 
-def test_registry_builds_every_pixel_method(tiny_cnn):
+def test_catalogue_builds_every_pixel_method(tiny_cnn):
     for name in ("occlusion", "smoothgrad", "ig", "gradient", "guided"):
-        method = build_method(name, tiny_cnn, batch_size=8, seed=3, layer="2")
-        assert method.name == name
+        method = build_method(name, tiny_cnn, **get_method(name).offered(batch_size=8, seed=3, layer="2"))
+        assert method.name == name and not hasattr(method, "layer")
     assert build_method("smoothgrad", tiny_cnn, seed=3).seed == 3
     with pytest.raises(DeepscopeError, match="baseline"):
         Occlusion(tiny_cnn, baseline="gray")
@@ -354,22 +354,26 @@ def test_guided_backprop_matches_captum_with_relu6_hooked(real):
 
 
 # -- rendering and the CLI ----------------------------------------------------------------------------------
-def test_display_map_and_figures():
-    from deepscope.render.attribution import attribution_grid, attribution_panel, display_map
+def test_display_maps_and_figures():
+    from deepscope.maps import Display, display_maps
+    from deepscope.render.attribution import attribution_grid, attribution_panel
 
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, 3, 16, 16, generator=generator)
     maps = {"gradient": torch.rand(2, 1, 16, 16, generator=generator),
             "ig": torch.randn(2, 3, 16, 16, generator=generator)}
-    shown, signed = display_map(maps["ig"])
-    assert signed and shown.shape == (2, 16, 16)
-    torch.testing.assert_close(shown, maps["ig"].sum(1))
-    assert display_map(maps["gradient"])[1] is False
-    grid = attribution_grid(pixels, maps, ["a.jpg", "b.jpg"], ["tench", "goldfish"])
+    displays = {"gradient": Gradient.display, "ig": IntegratedGradients.display}
+    shown = display_maps(maps["ig"], displays["ig"])
+    summed = maps["ig"].sum(1)
+    scale = torch.quantile(summed.flatten(1).abs(), 0.995, dim=1).view(2, 1, 1)
+    assert displays["ig"] == Display("sum", signed=True) and shown.shape == (2, 16, 16)
+    torch.testing.assert_close(shown, (summed / scale).clamp(-1, 1))
+    assert not displays["gradient"].signed and display_maps(maps["gradient"], displays["gradient"]).min() >= 0
+    grid = attribution_grid(pixels, maps, displays, ["a.jpg", "b.jpg"], ["tench", "goldfish"])
     titles = [ax.get_title() for ax in grid.axes]
     assert "a.jpg\ntench" in titles and "gradient" in titles and "ig" in titles
     assert len(grid.axes) == 2 * 3 + 2 * 2  # images x (image + methods), plus a colour bar per map
-    panel = attribution_panel(pixels[0], {name: m[0] for name, m in maps.items()}, "tench")
+    panel = attribution_panel(pixels[0], {name: m[:1] for name, m in maps.items()}, displays, "tench")
     assert "ig\ntench" in [ax.get_title() for ax in panel.axes]
 
 

@@ -11,7 +11,7 @@ from conftest import assert_unchanged, model_fingerprint
 from deepscope.attribution.cam import (CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM,
                                        default_cam_layer, token_grid)
 from deepscope.attribution.guided import GuidedBackprop
-from deepscope.attribution.registry import METHODS, build_method
+from deepscope.catalogue import METHODS, build_method, get_method
 from deepscope.errors import LayerNotFoundError, TargetError, UnsupportedModelError
 from deepscope.maps import normalize, upsample
 from deepscope.probe import Probe
@@ -203,7 +203,7 @@ def test_every_method_leaves_the_model_unchanged(tiny_cnn):
     x = torch.randn(2, 3, 8, 8)
     x_before = x.clone()
     for name in ("cam", "gradcam", "gradcam++", "scorecam", "layercam", "guided-gradcam"):
-        method = build_method(name, tiny_cnn, layer="4", batch_size=3, progress=False)
+        method = build_method(name, tiny_cnn, **get_method(name).offered(layer="4", batch_size=3))
         maps = method(x, target=1)
         assert maps.shape[-2:] == (8, 8) and torch.isfinite(maps).all()
         with pytest.raises(TargetError):

@@ -9,9 +9,10 @@ from torch import nn
 
 from conftest import assert_unchanged, model_fingerprint
 from deepscope.attribution import Gradient, GuidedBackprop
-from deepscope.attribution.registry import build_method
+from deepscope.attribution.controls import CenterMap, RandomMap
+from deepscope.catalogue import METHODS, build_method, get_method
 from deepscope.errors import DeepscopeError, UnsupportedModelError
-from deepscope.evaluation import (CenterMap, RandomMap, auc, cascading_randomization, deletion_curve,
+from deepscope.evaluation import (auc, cascading_randomization, deletion_curve,
                                   grid_pointing_game, insertion_curve, randomization_layers, spearman, ssim)
 from deepscope.evaluation.pointing_game import tile_shares
 
@@ -209,8 +210,10 @@ def test_cascade_blocks_and_names():
     assert randomization_layers(model) == ["classifier.2", "features.1.0", "features.0.1", "features.0.0"]
     assert randomization_layers(model, depth=2) == ["classifier.2", "features.1", "features.0"]
     x = torch.rand(2, 3, 12, 12)
-    result = cascading_randomization("guided", model, x, depth=2, target=[0, 1])
+    result = cascading_randomization(lambda m: build_method("guided", m), model, x, depth=2, target=[0, 1])
     assert result.layers == ["classifier.2", "features.1", "features.0"]
+    with pytest.raises(DeepscopeError, match="build an explanation"):
+        cascading_randomization("guided", model, x)  # metrics take builders, never method names
 
 
 def test_controls_follow_the_protocol(tiny_cnn):
@@ -318,15 +321,14 @@ def test_guided_backprop_ignores_a_random_top_layer_while_the_gradient_changes(m
     assert gradient.spearman[1].max() < guided.spearman[1].min() - 0.2
 
 
-def test_every_registered_method_plugs_into_the_metrics(tiny_cnn):
-    from deepscope.attribution.registry import METHODS
-
+def test_every_catalogue_method_plugs_into_the_metrics(tiny_cnn):
     before = model_fingerprint(tiny_cnn)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     for name in METHODS:
-        method = build_method(name, tiny_cnn, batch_size=16)
-        curve = deletion_curve(tiny_cnn, x, method(x), steps=4)
+        options = get_method(name).offered(batch_size=16)
+        method = build_method(name, tiny_cnn, **options)
+        curve = deletion_curve(tiny_cnn, x, method(x), steps=4, reduction=method.display.reduction)
         assert curve.probabilities.shape == (2, 5) and torch.isfinite(curve.auc).all(), name
-        cascade = cascading_randomization(lambda m: build_method(name, m, batch_size=16), tiny_cnn, x, max_steps=1)
+        cascade = cascading_randomization(lambda m: build_method(name, m, **options), tiny_cnn, x, max_steps=1)
         assert cascade.layers == ["7"] and cascade.maps.shape[:2] == (2, 2), name
     assert_unchanged(tiny_cnn, before)

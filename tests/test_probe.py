@@ -46,7 +46,7 @@ def test_probe_restores_everything_even_when_the_body_raises(tiny_cnn):
 def test_methods_leave_the_model_unchanged_on_success_and_failure(tiny_cnn):
     before = model_fingerprint(tiny_cnn)
     x = torch.randn(2, 3, 8, 8)
-    for method in (Gradient(tiny_cnn), GuidedBackprop(tiny_cnn), Gradient(tiny_cnn, layer="2")):
+    for method in (Gradient(tiny_cnn), GuidedBackprop(tiny_cnn), Gradient(tiny_cnn, neuron_layer="2")):
         method.attribute(x, target=1)
         with pytest.raises(TargetError):
             method.attribute(x, target=99)

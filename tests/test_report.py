@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import assert_unchanged, model_fingerprint
 from deepscope.attribution.base import Attribution
-from deepscope.attribution.registry import METHODS, MethodInfo
+from deepscope.catalogue import METHODS, MethodEntry
 from deepscope.cli import main
 from deepscope.errors import DeepscopeError, UnsupportedModelError
 from deepscope.fileio import OutputExistsError
@@ -25,7 +25,7 @@ from deepscope.models.preprocess import Preprocess
 from deepscope.models.zoo import LoadedModel
 from deepscope.report import Cache, ReportContext, ReportSettings, parse_sections, write_report
 from deepscope.report.sections import SECTIONS
-from deepscope.report.sections.saliency import display_maps, gallery_methods
+from deepscope.report.sections.saliency import gallery_methods
 
 CLASSES = ("tench", "goldfish", "shark", "hen", "ostrich")
 
@@ -120,7 +120,7 @@ def test_everything_written_is_escaped(tmp_path, tiny_cnn, monkeypatch):
     classes = (f"fish {evil}", 'goldfish "&"', "shark", "hen", "ostrich")
     torch.nn.init.constant_(tiny_cnn[-1].bias, 0.0)
     tiny_cnn[-1].bias.data[0] = 100.0  # every image is predicted as class 0, the evil name
-    monkeypatch.setitem(METHODS, "refusing", MethodInfo("refusing", _Refusing, f"paper {evil}", f"summary {evil} & co"))
+    monkeypatch.setitem(METHODS, "refusing", MethodEntry("refusing", _Refusing, f"paper {evil}", f"summary {evil} & co"))
     loaded = _loaded(tiny_cnn, classes, name=f"model {evil} & \"friends\"")
     page = write_report(_context(loaded, root), tmp_path / "out", "model,saliency").read_text(encoding="utf-8")
 
@@ -133,17 +133,19 @@ def test_everything_written_is_escaped(tmp_path, tiny_cnn, monkeypatch):
 
 
 def test_display_maps_reduce_and_keep_sign():
+    from deepscope.maps import Display, display_maps
+
     per_channel = torch.zeros(1, 3, 2, 2)
     per_channel[0, 1, 0, 0] = -4.0
     per_channel[0, 2, 1, 1] = 2.0
-    maps, signed = display_maps(per_channel, (2, 2))
-    assert not signed[0]  # |.| over channels: a magnitude map
+    maps = display_maps(per_channel, Display("abs-max", signed=False), (2, 2))  # |.| over channels: magnitudes
     assert maps.shape == (1, 2, 2) and maps[0, 0, 0] == 1.0 and maps.min() >= 0
+    assert display_maps(per_channel, Display("sum", signed=True), (2, 2))[0, 0, 0] == -1.0
     spatial = torch.tensor([[[[1.0, -1.0], [0.0, 0.5]]]])
-    maps, signed = display_maps(spatial, (2, 2))
-    assert signed[0] and maps.min() < 0 and maps.max() <= 1
-    maps, signed = display_maps(spatial, (4, 4))
-    assert maps.shape == (1, 4, 4)
+    maps = display_maps(spatial, Display(signed=True), (2, 2))
+    assert maps.min() < 0 and maps.max() <= 1
+    assert display_maps(spatial, Display(signed=False), (2, 2)).min() == 0  # unsigned: negative values clipped
+    assert display_maps(spatial, Display(signed=True), (4, 4)).shape == (1, 4, 4)
 
 
 def test_heatmap_layer_is_transparent_where_the_map_is_zero():
@@ -238,13 +240,13 @@ def test_cli_writes_a_report(tmp_path, photo_folder, capsys):
 
 
 def test_figures_are_cached_as_png(tmp_path, tiny_cnn, photo_folder):
-    from deepscope.render.common import plt
+    from deepscope.render.common import subplots
 
     drawn = []
 
     def draw():
         drawn.append(1)
-        fig, ax = plt.subplots(figsize=(1, 1))
+        fig, ax = subplots(figsize=(1, 1))
         ax.plot([0, 1])
         return fig
 

@@ -2,15 +2,21 @@
 
 Each sub-command lives in :mod:`deepscope.commands` as a module with ``register(subparsers)``.
 A user's mistake (a :class:`~deepscope.errors.DeepscopeError`) is printed as one line, never a traceback.
+
+:func:`main` runs one command in the calling process and leaves the process as it found it; the console
+script (:func:`console_main`) owns its process and also has glibc keep freed memory (see
+:func:`keep_freed_memory`), which cannot be undone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -18,7 +24,7 @@ from deepscope import __version__
 from deepscope.errors import DeepscopeError
 
 #: Sub-command modules, in the order ``deepscope --help`` lists them.
-COMMANDS = ("models", "layers", "classify", "filters", "features", "explain", "neurons", "classviz", "dream",
+COMMANDS = ("models", "methods", "layers", "classify", "filters", "features", "explain", "neurons", "classviz", "dream",
             "evaluate", "report")
 
 
@@ -54,19 +60,31 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Flush denormal floats to zero inside the block (``torch.set_flush_denormal``), as before afterwards.
+
+    Tiny (denormal) floats can make CPU backward passes several times slower on some processors. torch has
+    no getter for the flag, so the state before is read off a denormal product: zero when flushing is on.
+    """
+    before = bool(torch.tensor([1e-39]).mul(1.0).item() == 0.0)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (2 for a user's mistake). Leaves the process as it was."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    # Tiny (denormal) floats make CPU backward passes several times slower on some models (the
-    # TFLite imports): the CLI owns its process, so it flushes them to zero. The library leaves
-    # this process-wide setting to the caller.
-    torch.set_flush_denormal(True)
-    keep_freed_memory()
     try:
-        return int(args.run(args) or 0)
+        with denormals_flushed():
+            return int(args.run(args) or 0)
     except DeepscopeError as error:
         print(f"deepscope {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -77,5 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The ``deepscope`` console script: :func:`main` in a process of its own, with freed memory kept."""
+    keep_freed_memory()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

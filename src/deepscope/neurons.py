@@ -206,7 +206,7 @@ def gradient_receptive_field(model: nn.Module, layer: str, input_size: int, seed
     def score(activation: torch.Tensor) -> torch.Tensor:
         return torch.where(half, activation[:, :, y, y].sum(1), activation[:, :, y2, y2].sum(1))
 
-    grad = Gradient(model, absolute=True, layer=layer).attribute(inputs, target=score)  # (2R, 1, H, W)
+    grad = Gradient(model, absolute=True, neuron_layer=layer).attribute(inputs, target=score)  # (2R, 1, H, W)
     # Rows each neuron sees, united over the random inputs (a dead ReLU can hide a row in one of them).
     rows = (grad[:, 0].abs().amax(dim=2) > 0).view(2, repeats, input_size).any(dim=1)
     if not bool(rows.any(dim=1).all()):
@@ -386,10 +386,10 @@ def neuron_view(model: nn.Module, preprocess: Preprocess, images: ImageSet, laye
                           progress=progress)
     field = receptive_field(model, layer, preprocess.input_size)
     try:
-        method: Gradient = GuidedBackprop(model, absolute=False, layer=layer)
+        method: Gradient = GuidedBackprop(model, absolute=False, neuron_layer=layer)
         gradient_method = "guided backprop"
     except UnsupportedModelError:
-        method = Gradient(model, absolute=False, layer=layer)
+        method = Gradient(model, absolute=False, neuron_layer=layer)
         gradient_method = "gradient"
     device = model_device(model)
     boxes, crops, guided, paths = [], [], [], []

@@ -6,7 +6,8 @@
 - ``target``: see :mod:`deepscope.targets` (default: the predicted class of each sample).
 - returns raw maps as a tensor on the input's device: (N, C, H, W) for per-pixel-per-channel
   attributions (gradients, Integrated Gradients) or (N, 1, H, W) for spatial ones (occlusion, CAMs).
-  Use :mod:`deepscope.maps` to reduce channels, resize and normalise.
+  Use :mod:`deepscope.maps` to reduce channels, resize and normalise; :attr:`Attribution.display` says
+  how the method's maps are shown (:func:`deepscope.maps.display_maps`).
 
 On the CPU, methods run the model on channels-last copies of the input (:func:`deepscope.probe.fast_layout`).
 The user's model is only touched through :class:`deepscope.probe.Probe`, so it is exactly as
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from deepscope.errors import DeepscopeError
+from deepscope.maps import Display
 from deepscope.targets import Target
 
 
@@ -34,6 +36,8 @@ class Attribution:
     name: ClassVar[str] = "attribution"
     #: True when maps are per input channel (reduce them with maps.reduce_channels before display).
     per_channel: ClassVar[bool] = False
+    #: how the maps are shown and ranked: by default one unsigned map (per-channel maps reduced by abs-max)
+    display: Display = Display()
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):

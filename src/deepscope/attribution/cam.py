@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from deepscope.attribution.base import Attribution, check_inputs
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.errors import DeepscopeError, LayerNotFoundError, TargetError, UnsupportedModelError
-from deepscope.maps import normalize, upsample
+from deepscope.maps import Display, normalize, upsample
 from deepscope.probe import Probe, layer_names
 from deepscope.targets import Target, repeat_target, resolve_target, target_scores
 
@@ -162,6 +162,7 @@ class ClassActivationMap(Attribution):
         super().__init__(model)
         self.layer = layer
         self.relu = relu
+        self.display = Display(signed=not relu)
         self._found_layer: str | None = None
 
     # -- public ----------------------------------------------------------------------------------------
@@ -284,6 +285,7 @@ class CAM(ClassActivationMap):
 
     name = "cam"
     uses_gradients = False
+    display = Display(signed=True)  # no ReLU by default: negative evidence shows
 
     def __init__(self, model: nn.Module, layer: Layers = None, relu: bool = False):
         super().__init__(model, layer=layer, relu=relu)

@@ -32,8 +32,8 @@ def _positive_part(grad: torch.Tensor) -> torch.Tensor:
 class GuidedBackprop(Gradient):
     name = "guided"
 
-    def __init__(self, model: nn.Module, absolute: bool = False, layer: str | None = None):
-        super().__init__(model, absolute=absolute, layer=layer)
+    def __init__(self, model: nn.Module, absolute: bool = False, neuron_layer: str | None = None):
+        super().__init__(model, absolute=absolute, neuron_layer=neuron_layer)
         guided, unguidable = [], []
         for name, module in model.named_modules():
             if isinstance(module, GUIDED_TYPES):

@@ -18,6 +18,7 @@ from torch import nn
 
 from deepscope.attribution.base import Attribution, check_inputs
 from deepscope.errors import DeepscopeError
+from deepscope.maps import Display
 from deepscope.probe import Probe, batched_forward, fast_layout, input_gradient
 from deepscope.targets import Target, resolve_target, select_target, target_scores
 
@@ -60,6 +61,8 @@ class IntegratedGradients(Attribution):
 
     name = "ig"
     per_channel = True
+    #: signed, summed over colour channels: the attributions add up to the score difference
+    display = Display("sum", signed=True)
 
     def __init__(self, model: nn.Module, baseline: str | torch.Tensor = "zero", steps: int = 50,
                  method: str = "gausslegendre", batch_size: int = 50, preprocess=None):

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from deepscope.attribution.base import Attribution
 from deepscope.attribution.incremental import ConePlan, ConeRunner, conv_costs, local_stages, pair, plan_costs
 from deepscope.errors import DeepscopeError
+from deepscope.maps import Display
 from deepscope.probe import Probe, fast_layout
 from deepscope.targets import Target, repeat_target, resolve_target, target_scores
 
@@ -61,6 +62,8 @@ class Occlusion(Attribution):
     """
 
     name = "occlusion"
+    #: a window can raise the score as well as lower it
+    display = Display(signed=True)
 
     def __init__(self, model: nn.Module, window=16, stride=8, baseline: str | float = "zero",
                  score: str = "logit", batch_size: int = 64, incremental: bool | str = True, progress: bool = False):

@@ -39,6 +39,7 @@ class SmoothGrad(Attribution):
         self.batch_size = batch_size
         self.seed = seed
         self.per_channel = method.per_channel
+        self.display = method.display
 
     def _attribute(self, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         resolved = resolve_target(target, batched_forward(self.model, inputs, self.batch_size))

@@ -37,6 +37,13 @@ def add_run_options(parser: argparse.ArgumentParser, out: str | None = None) -> 
         parser.add_argument("--force", action="store_true", help="overwrite existing results")
 
 
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """``--option METHOD.OPTION=VALUE`` (repeatable): one option of one method, checked by the catalogue."""
+    parser.add_argument("--option", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                        help="set one option of one method, e.g. --option ig.steps=16 --option occlusion.window=32 "
+                        "(repeatable; `deepscope methods` lists every method's options)")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from deepscope.attribution.registry import METHODS
-from deepscope.commands.common import (add_images_argument, add_model_argument, add_run_options, images_from_args,
-                                       model_from_args, positive_int, report_skipped)
-from deepscope.errors import DeepscopeError
+from deepscope.catalogue import method_names, parse_method_options, parse_methods
+from deepscope.commands.common import (add_images_argument, add_method_options, add_model_argument, add_run_options,
+                                       images_from_args, model_from_args, positive_int, report_skipped)
 from deepscope.fileio import check_writable, write_text
 
 DEFAULT_METHODS = "gradient,guided,random,center"
@@ -25,7 +24,8 @@ def register(subparsers) -> None:
     add_model_argument(parser)
     add_images_argument(parser)
     parser.add_argument("--methods", default=DEFAULT_METHODS,
-                        help=f"comma-separated method names, or all (default {DEFAULT_METHODS}; known: {', '.join(METHODS)})")
+                        help=f"comma-separated method names, or all (default {DEFAULT_METHODS}; known: "
+                        f"{', '.join(method_names())})")
     parser.add_argument("--images-per-class", type=positive_int, default=2, help="photos per class folder (default 2)")
     parser.add_argument("--mosaics", type=int, default=20, help="grid pointing game mosaics, 0 to skip (default 20)")
     parser.add_argument("--steps", type=positive_int, default=50, help="deletion/insertion steps (default 50)")
@@ -33,25 +33,23 @@ def register(subparsers) -> None:
                         help="blocks randomised from the top for the sanity-check figure (default 4)")
     parser.add_argument("--randomization-images", type=positive_int, default=4,
                         help="photos used for the sanity check (default 4)")
-    parser.add_argument("--layer", default=None, help="layer for methods that take one (CAMs); default: theirs")
+    parser.add_argument("--layer", default=None, help="the layer whose maps the CAM methods weight (default: the last "
+                        "convolutional block); other methods do not take a layer")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image draw, mosaics and controls (default 0)")
+    add_method_options(parser)
     add_run_options(parser, out="deepscope-evaluation")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from deepscope.evaluation.table import evaluate_methods, select_images, table_csv, table_markdown, table_text
+    from deepscope.trust_table import evaluate_methods, select_images, table_csv, table_markdown, table_text
     from deepscope.images import load_inputs
     from deepscope.render.common import save_figure
     from deepscope.render.evaluation import (perturbation_curves_figure, randomization_figure,
                                              randomization_similarity_figure)
 
-    methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise DeepscopeError("--methods is empty; name at least one method, e.g. --methods gradient,random.")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise DeepscopeError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}.")
+    methods = parse_methods(args.methods)
+    options = parse_method_options(args.option, methods)
     out = Path(args.out)
     for name in OUTPUTS:
         check_writable(out / name, args.force)
@@ -61,7 +59,8 @@ def run(args) -> int:
     results = evaluate_methods(loaded, images, methods, images_per_class=args.images_per_class, mosaics=args.mosaics,
                                steps=args.steps, cascade_steps=args.cascade_steps,
                                randomization_images=args.randomization_images, layer=args.layer,
-                               batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+                               batch_size=args.batch_size, seed=args.seed, method_options=options,
+                               progress=not args.quiet)
     rows = [result.row() for result in results]
     done = [r for r in results if r.deletion is not None]
     images_used = len(done[0].deletion.auc) if done else 0

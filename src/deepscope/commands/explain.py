@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from deepscope.attribution.registry import METHODS, build_method
-from deepscope.commands.common import (add_images_argument, add_model_argument, add_run_options, images_from_args,
-                                       model_from_args, report_skipped)
-from deepscope.errors import DeepscopeError, did_you_mean
+from deepscope.catalogue import build_method, get_method, method_names, parse_method_options, parse_methods
+from deepscope.commands.common import (add_images_argument, add_method_options, add_model_argument, add_run_options,
+                                       images_from_args, model_from_args, report_skipped)
+from deepscope.errors import DeepscopeError
 from deepscope.fileio import check_writable
 from deepscope.images import load_inputs
 from deepscope.probe import batched_forward, model_device
@@ -18,8 +18,6 @@ from deepscope.render.attribution import attribution_grid, attribution_panel
 from deepscope.render.common import save_figure
 
 DEFAULT_METHODS = "occlusion,gradient,smoothgrad,ig,guided"
-#: methods whose ``layer`` option changes what is explained (a layer's channel, not a class): not given --layer
-_CLASS_ONLY = ("gradient", "guided")
 
 
 def register(subparsers) -> None:
@@ -29,29 +27,22 @@ def register(subparsers) -> None:
     add_model_argument(parser)
     add_images_argument(parser)
     parser.add_argument("--method", default=DEFAULT_METHODS,
-                        help=f"comma-separated methods (default {DEFAULT_METHODS}); available: {', '.join(METHODS)}")
+                        help=f"comma-separated methods, or all (default {DEFAULT_METHODS}); "
+                        f"available: {', '.join(method_names())}")
     parser.add_argument("--target", default="pred", help="pred (each image's predicted class), a class index or a "
                         "class name / WordNet id (default pred)")
-    parser.add_argument("--layer", default=None, help="layer for the CAM methods (see `deepscope layers MODEL`)")
+    parser.add_argument("--layer", default=None, help="the layer whose maps the CAM methods weight "
+                        "(see `deepscope layers MODEL`; default: the last convolutional block)")
     parser.add_argument("--limit", type=int, default=16, help="explain at most this many images (default 16)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of SmoothGrad's noise (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the methods that draw noise (default 0)")
+    add_method_options(parser)
     add_run_options(parser, out="explain")
     parser.set_defaults(run=run)
 
 
-def parse_methods(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise DeepscopeError("--method is empty; name at least one method, e.g. --method gradient.")
-    for name in names:
-        if name not in METHODS:
-            raise DeepscopeError(f"--method: unknown method {name!r}.{did_you_mean(name, METHODS)} "
-                                 f"Choose from: {', '.join(METHODS)}.")
-    return list(dict.fromkeys(names))
-
-
 def run(args) -> int:
-    methods = parse_methods(args.method)
+    methods = parse_methods(args.method, "--method")
+    options = parse_method_options(args.option, methods)
     if args.limit < 1:
         raise DeepscopeError(f"--limit must be positive, got {args.limit}.")
     loaded = model_from_args(args)
@@ -66,18 +57,17 @@ def run(args) -> int:
     for file in [*panel_files, grid_file]:
         check_writable(file, args.force)
 
+    built = {}
+    for name in methods:
+        offered = get_method(name).offered(layer=args.layer, batch_size=args.batch_size, seed=args.seed)
+        built[name] = build_method(name, loaded.model, preprocess=loaded.preprocess, progress=False,
+                                   **{**offered, **options.get(name, {})})
     device = model_device(loaded.model)
     inputs = load_inputs(paths, loaded.preprocess).to(device)
     if target is None:
         targets = batched_forward(loaded.model, inputs, args.batch_size).argmax(1).tolist()
     else:
         targets = [target] * len(paths)
-    built = {}
-    for name in methods:
-        options = {"batch_size": args.batch_size, "seed": args.seed, "preprocess": loaded.preprocess}
-        if name not in _CLASS_ONLY:
-            options["layer"] = args.layer
-        built[name] = build_method(name, loaded.model, **options)
 
     maps = {name: [] for name in methods}
     with tqdm(total=len(paths) * len(methods), desc="explain", unit="map", disable=args.quiet) as bar:
@@ -87,14 +77,15 @@ def run(args) -> int:
                 maps[name].append(method(inputs[i:i + 1], target=targets[i]).detach().cpu())
                 bar.update()
     maps = {name: torch.cat(found) for name, found in maps.items()}
+    displays = {name: method.display for name, method in built.items()}
 
     pixels = loaded.preprocess.denormalize(inputs).clamp(0, 1).cpu()
     target_names = [loaded.classes.names[t] for t in targets]
     for i, file in enumerate(panel_files):
-        figure = attribution_panel(pixels[i], {name: found[i] for name, found in maps.items()}, target_names[i],
-                                   image_title=Path(paths[i]).name)
+        figure = attribution_panel(pixels[i], {name: found[i:i + 1] for name, found in maps.items()}, displays,
+                                   target_names[i], image_title=Path(paths[i]).name)
         save_figure(figure, file)
-    save_figure(attribution_grid(pixels, maps, [Path(p).name for p in paths], target_names), grid_file)
+    save_figure(attribution_grid(pixels, maps, displays, [Path(p).name for p in paths], target_names), grid_file)
     print(f"wrote {len(panel_files)} panel(s) and {grid_file} ({', '.join(methods)}; "
           f"target {'predicted class' if target is None else target_names[0]})")
     if len(images) > len(paths):

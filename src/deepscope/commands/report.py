@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from deepscope.commands.common import (add_run_options, images_from_args, model_from_args, positive_int,
-                                       report_skipped)
+from deepscope.commands.common import (add_method_options, add_run_options, images_from_args, model_from_args,
+                                       positive_int, report_skipped)
 
 
 def register(subparsers) -> None:
@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--cache", default=None, metavar="DIR",
                         help="cache of expensive results (default: $DEEPSCOPE_CACHE, else ~/.cache/deepscope)")
     parser.add_argument("--no-cache", action="store_true", help="compute everything, store nothing")
+    add_method_options(parser)
     add_run_options(parser, out="deepscope-report")
     parser.set_defaults(run=run)
 
@@ -43,10 +44,14 @@ def run(args) -> int:
     from deepscope.fileio import check_writable
     from deepscope.report.build import report_path
 
+    from deepscope.catalogue import parse_method_options
+
     sections = parse_sections(args.sections)
+    options = parse_method_options(args.option)
     check_writable(report_path(args.out), args.force)  # fail before the long work
     settings = ReportSettings(per_class=args.per_class, max_images=args.max_images, steps=args.steps,
-                              seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+                              seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+                              method_options=options)
     cache = Cache(None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir())
     loaded = model_from_args(args)
     images = images_from_args(args, loaded)

@@ -36,8 +36,8 @@ from deepscope.maps import normalize
 from deepscope.probe import Probe, get_layer, model_device
 from deepscope.targets import Target, resolve_target
 
-#: Builds the explanation for a model: an Attribution class, ``lambda m: Method(m, ...)``, or a method name.
-MethodBuilder = Callable[[nn.Module], Explainer] | str
+#: Builds the explanation for a model: an Attribution class or ``lambda m: Method(m, ...)``.
+MethodBuilder = Callable[[nn.Module], Explainer]
 
 
 @dataclass
@@ -108,10 +108,10 @@ def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: tor
 
     Parameters
     ----------
-    method : callable ``model -> explainer`` or str
-        Builds the explanation for a model: an Attribution class (``Gradient``), a function
-        (``lambda m: GuidedBackprop(m)``), or a registered method name. It is built again on each
-        randomised copy.
+    method : callable ``model -> explainer``
+        Builds the explanation for a model: an Attribution class (``Gradient``) or a function
+        (``lambda m: GuidedBackprop(m)``, ``lambda m: build_method("gradcam", m)``). It is built again on
+        each randomised copy.
     model : nn.Module
         The user's model; only a deep copy is randomised.
     inputs : (N, C, H, W) tensor
@@ -172,13 +172,9 @@ def copy_model(model: nn.Module) -> nn.Module:
 
 
 def _builder(method: MethodBuilder) -> Callable[[nn.Module], Explainer]:
-    if isinstance(method, str):
-        from deepscope.attribution.registry import build_method
-
-        return lambda model: build_method(method, model)
-    if not callable(method):
-        raise DeepscopeError(f"method must build an explanation from a model (a class, a function or a name); "
-                             f"got {type(method).__name__}.")
+    if isinstance(method, str) or not callable(method):
+        raise DeepscopeError(f"method must build an explanation from a model (an Attribution class or a function "
+                             f"model -> method, e.g. lambda m: build_method('gradient', m)); got {method!r}.")
     return method
 
 

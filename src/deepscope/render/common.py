@@ -1,4 +1,9 @@
-"""Shared rendering helpers: tensors to pictures, heatmap overlays, atomic figure saving."""
+"""Shared rendering helpers: figures, tensors to pictures, heatmap overlays, atomic figure saving.
+
+Figures are :class:`matplotlib.figure.Figure` objects made without pyplot, so rendering never selects or
+changes matplotlib's backend and leaves no figure open in pyplot's list (a notebook user's setup stays as
+it was); saving them uses matplotlib's Agg canvas for the file format.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,22 @@ import io
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")  # no display needed; figures are written to files
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from deepscope.fileio import atomic_path  # noqa: E402
+from deepscope.fileio import atomic_path
 
 #: colour maps: magnitudes get a sequential map, signed maps a diverging one centred on zero
 SEQUENTIAL_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, dpi=None, layout=None, **kwargs):
+    """``(figure, axes)`` like ``pyplot.subplots``, without pyplot (see the module docstring)."""
+    figure = Figure(figsize=figsize, dpi=dpi, layout=layout)
+    return figure, figure.subplots(nrows, ncols, **kwargs)
 
 
 def to_image_array(pixels: torch.Tensor) -> np.ndarray:
@@ -33,24 +42,16 @@ def to_pil(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(to_image_array(pixels))
 
 
-def colorize(heatmap: torch.Tensor, signed: bool = False, cmap: str | None = None) -> np.ndarray:
-    """(H, W) map -> (H, W, 4) float RGBA array in [0, 1].
-
-    Magnitudes are scaled by their max; signed maps by their max |value|, with zero at the centre of a
-    diverging map.
-    """
-    values = heatmap.detach().float().cpu().numpy()
-    if signed:
-        scale = np.abs(values).max() or 1.0
-        normed = 0.5 + 0.5 * values / scale
-    else:
-        low, high = values.min(), values.max()
-        normed = (values - low) / ((high - low) or 1.0)
+def colorize(shown: torch.Tensor, signed: bool = False, cmap: str | None = None) -> np.ndarray:
+    """A display map (:func:`deepscope.maps.display_maps`: [0, 1], or [-1, 1] when ``signed``) -> (H, W, 4)
+    RGBA floats; a signed map's zero is the centre of the diverging colour map."""
+    values = shown.detach().float().cpu().numpy()
+    normed = 0.5 + 0.5 * np.clip(values, -1, 1) if signed else np.clip(values, 0, 1)
     return matplotlib.colormaps[cmap or (DIVERGING_CMAP if signed else SEQUENTIAL_CMAP)](normed)
 
 
 def overlay(pixels: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5, signed: bool = False) -> np.ndarray:
-    """Blend a colourised (h, w) heatmap (resized to the image) over (3, H, W) pixels; (H, W, 3) uint8."""
+    """Blend a colourised (h, w) display map (resized to the image) over (3, H, W) pixels; (H, W, 3) uint8."""
     if heatmap.shape[-2:] != pixels.shape[-2:]:
         heatmap = torch.nn.functional.interpolate(heatmap[None, None].float(), size=pixels.shape[-2:],
                                                   mode="bilinear", align_corners=False)[0, 0]
@@ -59,24 +60,18 @@ def overlay(pixels: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5, sig
     return ((1 - alpha) * base * 255 + alpha * color * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 110) -> Path:
-    """Save ``fig`` atomically (format from the suffix) and close it."""
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save ``fig`` atomically (format from the suffix)."""
     path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 
 
-def figure_png_bytes(fig: "plt.Figure", dpi: int = 110) -> bytes:
-    """PNG bytes of ``fig`` (for embedding in HTML), closing it."""
+def figure_png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """PNG bytes of ``fig`` (for embedding in HTML)."""
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, dpi=dpi, bbox_inches="tight", format="png")
-    finally:
-        plt.close(fig)
+    fig.savefig(buffer, dpi=dpi, bbox_inches="tight", format="png")
     return buffer.getvalue()
 
 

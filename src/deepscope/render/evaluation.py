@@ -5,19 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from matplotlib.figure import Figure
 
 from deepscope.evaluation.deletion_insertion import PerturbationCurve
 from deepscope.evaluation.randomization import RandomizationResult
 from deepscope.maps import normalize
-from deepscope.render.common import plt, to_image_array
+from deepscope.render.common import subplots, to_image_array
 
 
-def perturbation_curves_figure(curves: Mapping[str, Sequence[PerturbationCurve]]) -> "plt.Figure":
+def perturbation_curves_figure(curves: Mapping[str, Sequence[PerturbationCurve]]) -> Figure:
     """Mean deletion and insertion curves per method, side by side, with each mean AUC in the legend.
 
     ``curves`` maps a method name to its curves (any of deletion and insertion).
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, kind, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
         for method, method_curves in curves.items():
             for curve in method_curves:
@@ -36,7 +37,7 @@ def perturbation_curves_figure(curves: Mapping[str, Sequence[PerturbationCurve]]
 
 
 def randomization_figure(results: Mapping[str, RandomizationResult], pixels: torch.Tensor | None = None,
-                         image: int = 0) -> "plt.Figure":
+                         image: int = 0) -> Figure:
     """The classic sanity-check figure (Adebayo et al. 2018): one row of maps per method.
 
     Columns: the original map, then the map after each step of the cascade (layers randomised from the
@@ -47,7 +48,7 @@ def randomization_figure(results: Mapping[str, RandomizationResult], pixels: tor
     rows = list(results.items())
     steps = max(len(result.layers) for _, result in rows) + 1
     columns = steps + (pixels is not None)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 2.0 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), columns, figsize=(1.9 * columns, 2.0 * len(rows)), squeeze=False)
     for r, (method, result) in enumerate(rows):
         offset = 0
         if pixels is not None:
@@ -71,9 +72,9 @@ def randomization_figure(results: Mapping[str, RandomizationResult], pixels: tor
     return fig
 
 
-def randomization_similarity_figure(results: Mapping[str, RandomizationResult]) -> "plt.Figure":
+def randomization_similarity_figure(results: Mapping[str, RandomizationResult]) -> Figure:
     """Rank correlation and SSIM with the original map along the cascade, one line per method."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, metric in zip(axes, ("spearman", "ssim")):
         for method, result in results.items():
             values = getattr(result, metric).float().mean(dim=1).cpu()

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ImageOps
+from matplotlib.figure import Figure
 
 from deepscope.errors import ImageError
 from deepscope.features import FeatureBank, Neighbours, Projection
 from deepscope.images import load_image
-from deepscope.render.common import plt
+from deepscope.render.common import subplots
 
 #: Kelly's 20 colours of maximum contrast (white and black left out): 20 classes stay distinguishable
 PALETTE = ("#F3C300", "#875692", "#F38400", "#A1CAF1", "#BE0032", "#C2B280", "#848482", "#008856", "#E68FAC",
@@ -44,7 +45,7 @@ def knn_figure(bank: FeatureBank, neighbours: Neighbours, pixel_bank: FeatureBan
         rows.append((pixel_bank, pixel_neighbours, "pixel space"))
     k = neighbours.indices.shape[1]
     n_rows = len(neighbours.queries) * len(rows)
-    fig, axes = plt.subplots(n_rows, k + 1, figsize=(1.45 * (k + 1) + 0.6, 1.75 * n_rows), squeeze=False)
+    fig, axes = subplots(n_rows, k + 1, figsize=(1.45 * (k + 1) + 0.6, 1.75 * n_rows), squeeze=False)
     cache: dict[str, np.ndarray] = {}
 
     def show(ax, source: FeatureBank, row: int, title: str, frame: str | None):
@@ -90,7 +91,7 @@ def projection_figure(projection: Projection, bank: FeatureBank, pixel_projectio
     panels = [(projection, bank, f"{bank.model} features ({bank.layer})")]
     if pixel_projection is not None and pixel_bank is not None:
         panels.append((pixel_projection, pixel_bank, "preprocessed pixels"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels) + 2.2, 6.0), squeeze=False,
+    fig, axes = subplots(1, len(panels), figsize=(6.2 * len(panels) + 2.2, 6.0), squeeze=False,
                              layout="constrained")
     handles = {}
     for ax, (proj, source, title) in zip(axes[0], panels):

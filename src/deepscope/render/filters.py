@@ -10,9 +10,10 @@ import math
 import textwrap
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from deepscope.filters import FilterView
-from deepscope.render.common import DIVERGING_CMAP, plt
+from deepscope.render.common import DIVERGING_CMAP, subplots
 
 #: a tile is enlarged to about this many pixels per side
 TILE_PIXELS = 40
@@ -63,7 +64,7 @@ def filter_grid_figure(view: FilterView, *, title: str | None = None, tile_pixel
     mosaic = tile_mosaic(tiles, rows, cols, scale)
     height, width = mosaic.shape[:2]
     wrap = max(60, int(width / 7))
-    fig = plt.figure(figsize=(max(width, 420) / DPI, (height + 70) / DPI), dpi=DPI)
+    fig = Figure(figsize=(max(width, 420) / DPI, (height + 70) / DPI), dpi=DPI)
     ax = fig.add_axes([0, 0, 1, height / (height + 70)])
     image = mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -86,7 +87,7 @@ def _matrix_figure(view: FilterView, title: str):
     matrix = view.tiles.detach().float().cpu().numpy()
     limit = float(np.abs(matrix).max()) or 1.0
     rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(min(12, 2.5 + cols * 0.06), min(12, 1.5 + rows * 0.06)), dpi=DPI)
+    fig, ax = subplots(figsize=(min(12, 2.5 + cols * 0.06), min(12, 1.5 + rows * 0.06)), dpi=DPI)
     shown = ax.imshow(matrix, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest", aspect="auto")
     for setter, labels, count in ((ax.set_xticks, view.inputs, cols), (ax.set_yticks, view.outputs, rows)):
         positions = np.unique(np.linspace(0, count - 1, min(count, 9)).round().astype(int))

@@ -5,20 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from matplotlib.figure import Figure
 
-from deepscope.render.common import plt, to_image_array
-
-
-def gradient_as_image(grad: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
-    """A signed (3, h, w) gradient as [0, 1] pixels: grey is zero, +-1 is the ``percentile`` of |value| (clipped)."""
-    scale = torch.quantile(grad.abs().flatten().float(), percentile / 100).clamp(min=1e-12)
-    return (0.5 + 0.5 * grad / scale).clamp(0, 1)
+from deepscope.maps import Display, display_maps
+from deepscope.render.common import subplots, to_image_array
 
 
-def neuron_figure(view, title: str | None = None) -> "plt.Figure":
+def gradient_as_image(grad: torch.Tensor) -> torch.Tensor:
+    """A signed (3, h, w) gradient as [0, 1] pixels: grey is zero, black/white the display scale's +-1
+    (:func:`deepscope.maps.display_maps`, channels kept)."""
+    return 0.5 + 0.5 * display_maps(grad[None], Display(reduction=None, signed=True))[0]
+
+
+def neuron_figure(view, title: str | None = None) -> Figure:
     """Per channel of a :class:`deepscope.neurons.NeuronView`: a row of top crops over a row of their guided backprop."""
     rows, cols = 2 * len(view.channels), max(len(row) for row in view.crops)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.3 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(1.25 * cols, 1.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, channel in enumerate(view.channels):
@@ -36,12 +38,12 @@ def neuron_figure(view, title: str | None = None) -> "plt.Figure":
 
 
 def image_grid_figure(images: torch.Tensor, titles: Sequence[str] = (), suptitle: str | None = None,
-                      columns: int | None = None) -> "plt.Figure":
+                      columns: int | None = None) -> Figure:
     """(N, 3, H, W) [0, 1] images in a grid with one title each (class models, dreams)."""
     n = images.shape[0]
     columns = columns or min(n, 6)
     rows = -(-n // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):

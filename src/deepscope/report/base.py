@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from deepscope.catalogue import build_method, get_method
 from deepscope.classify import Classification, classify
 from deepscope.errors import DeepscopeError
 from deepscope.images import ImageSet
 from deepscope.models.zoo import LoadedModel
 from deepscope.report.cache import Cache, classification_key, make_key
 
-#: the report's settings for the costly methods, so that a report stays within minutes on a 2-core CPU
-#: (a method takes the options its constructor accepts); the gallery's legend and the trust table show them
+#: the report's settings for the costly methods, so that a report stays within minutes on a 2-core CPU;
+#: the gallery's legend and the trust table show them
 QUICK_METHOD_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
                         "smoothgrad": {"n": 12}, "ig": {"steps": 16}}
 
@@ -49,6 +50,8 @@ class ReportSettings:
         Images per forward pass.
     progress : bool
         Progress bars on stderr.
+    method_options : mapping of method name to options
+        Options of single methods (``--option ig.steps=32``), over the report's quick settings.
     """
 
     per_class: int = 2
@@ -57,6 +60,7 @@ class ReportSettings:
     seed: int = 0
     batch_size: int = 32
     progress: bool = True
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("per_class", "max_images", "batch_size"):
@@ -64,10 +68,15 @@ class ReportSettings:
                 raise DeepscopeError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.steps is not None and self.steps < 1:
             raise DeepscopeError(f"steps must be at least 1, got {self.steps}.")
+        for name, options in self.method_options.items():
+            get_method(name).check_options(options)
 
     def as_rows(self) -> list[tuple[str, str]]:
-        return [(name, "method default" if value is None else str(value)) for name, value in vars(self).items()
-                if name != "progress"]
+        rows = [(name, "method default" if value is None else str(value)) for name, value in vars(self).items()
+                if name not in ("progress", "method_options")]
+        options = "; ".join(f"{name} {', '.join(f'{k}={v}' for k, v in opts.items())}"
+                            for name, opts in self.method_options.items())
+        return rows + ([("method options", options)] if options else [])
 
 
 # ----------------------------------------------------------------------------------------------- items
@@ -210,10 +219,19 @@ class ReportContext:
         return self._classification
 
     def method_options(self, name: str) -> dict:
-        """Constructor options of method ``name`` in the report: :data:`QUICK_METHOD_OPTIONS`, with
-        ``--steps`` overriding ``steps``."""
-        steps = {"steps": self.settings.steps} if self.settings.steps else {}
-        return {**QUICK_METHOD_OPTIONS.get(name, {}), **steps}
+        """The options of method ``name`` in the report that differ from its defaults:
+        :data:`QUICK_METHOD_OPTIONS`, then ``--steps`` for methods with a ``steps`` option, then
+        ``settings.method_options`` (``--option``)."""
+        entry = get_method(name)
+        quick = QUICK_METHOD_OPTIONS.get(name, {})
+        return {**quick, **entry.offered(steps=self.settings.steps), **self.settings.method_options.get(name, {})}
+
+    def build_method(self, name: str):
+        """Method ``name`` with the report's options (:meth:`method_options`), batch size and seed."""
+        entry = get_method(name)
+        options = {**entry.offered(batch_size=self.settings.batch_size, seed=self.settings.seed),
+                   **self.method_options(name)}
+        return build_method(name, self.loaded.model, preprocess=self.loaded.preprocess, progress=False, **options)
 
     def figure(self, what: str, parts: Sequence[Any], draw: Callable[[], Any], *, images: bool = True) -> str:
         """Data URI of the matplotlib figure ``draw()`` returns, cached on disk as PNG.

@@ -39,10 +39,9 @@ def report_path(out: str | Path) -> Path:
 
 
 def build_sections(ctx: ReportContext, names: Sequence[str], log=None) -> list[Section]:
-    """Build each named section, seeding torch before each and timing it."""
+    """Build each named section, timing it (every random draw comes from a generator seeded by the settings)."""
     sections = []
     for name in names:
-        torch.manual_seed(ctx.settings.seed)
         with ctx.timer.step(name):
             section = SECTIONS[name](ctx)
         section.seconds = ctx.timer.seconds[name]

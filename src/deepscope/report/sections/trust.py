@@ -1,14 +1,14 @@
-"""Section "trust": the faithfulness table and the sanity-check figure for every registered method."""
+"""Section "trust": the faithfulness table and the sanity-check figure for every method of the catalogue."""
 
 from __future__ import annotations
 
-from deepscope.attribution.registry import METHODS
-from deepscope.evaluation.table import COLUMNS, evaluate_methods, format_row, select_images
+from deepscope.catalogue import method_names
 from deepscope.images import load_inputs
 from deepscope.render.evaluation import perturbation_curves_figure, randomization_figure
 from deepscope.render.report import data_uri, png_tensor
 from deepscope.report.base import Figure, Note, ReportContext, Section, Table
 from deepscope.report.cache import make_key
+from deepscope.trust_table import COLUMNS, evaluate_methods, format_row, select_images
 
 #: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
 #: photos in the randomisation check; photos per class folder scored (the table's cost grows with each)
@@ -17,7 +17,7 @@ STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS = 20, 8, 1, 1, 1
 
 def trust_section(ctx: ReportContext) -> Section:
     loaded, settings = ctx.loaded, ctx.settings
-    methods = list(METHODS)
+    methods = method_names()
     steps = settings.steps or STEPS
     options = {name: ctx.method_options(name) for name in methods}
     per_class = _photos_per_class(ctx)

@@ -1,4 +1,4 @@
-"""Every faithfulness metric for a list of registered methods, as one table.
+"""The trust table: every faithfulness metric for a list of catalogue methods, as one table.
 
 For each method: deletion and insertion AUC on a few photos per class (its predicted class), the grid
 pointing game on mosaics of those photos, and the rank correlation of its maps with those of a model
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from deepscope.attribution.registry import METHODS, build_method
+from deepscope.catalogue import build_method, get_method
 from deepscope.errors import DeepscopeError, UnsupportedModelError
 from deepscope.evaluation.deletion_insertion import PerturbationCurve, deletion_curve, insertion_curve
 from deepscope.evaluation.pointing_game import PointingResult, grid_pointing_game
@@ -100,7 +100,7 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
                      randomization_images: int = 8, layer: str | None = None, batch_size: int = 32, seed: int = 0,
                      method_options: Mapping[str, Mapping] | None = None,
                      progress: bool = False) -> list[MethodEvaluation]:
-    """Deletion, insertion, grid pointing game and top-layer randomisation for each method name.
+    """Deletion, insertion, grid pointing game and top-layer randomisation for each method of the catalogue.
 
     Parameters
     ----------
@@ -109,7 +109,7 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
     images : ImageSet
         Photos; class folders give the labels the pointing game needs (without them it is skipped).
     methods : list of str
-        Names in :data:`deepscope.attribution.registry.METHODS`.
+        Names in :data:`deepscope.catalogue.METHODS`.
     images_per_class : int
         Photos drawn (seeded) from each class for every metric; the pointing game draws its mosaics
         from those the model classifies correctly.
@@ -121,32 +121,40 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
     randomization_images : int
         Photos used for the randomisation check (the first of the selection).
     layer, batch_size, seed
-        Offered to every method's constructor (each takes those it accepts).
+        Offered to every method that declares the option (``layer``: the CAMs' layer).
     method_options : mapping of method name to options, optional
-        Extra constructor options for single methods (e.g. ``{"ig": {"steps": 16}}``).
+        Options of single methods (e.g. ``{"ig": {"steps": 16}}``); each is checked by the catalogue.
+
+    Maps are ranked as they are displayed: channels reduced by each method's ``display.reduction``.
     """
     from tqdm.auto import tqdm
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        build_method(unknown[0], loaded.model)  # raises with the list of names
+    extra = dict(method_options or {})
+    entries = {name: get_method(name) for name in methods}
+    for name, options in extra.items():
+        get_method(name).check_options(options)  # a misspelt option fails before any work
     chosen = select_images(images, images_per_class, seed)
     device = model_device(loaded.model)
     inputs = load_inputs(chosen.paths, loaded.preprocess).to(device)
     labelled = [i for i, label in enumerate(chosen.labels) if label is not None]
     results = []
-    for name in tqdm(methods, desc="methods", unit="method", disable=not progress):
-        options = {"layer": layer, "batch_size": batch_size, "seed": seed, **(method_options or {}).get(name, {})}
+    for name, entry in tqdm(entries.items(), desc="methods", unit="method", disable=not progress):
+        options = {**entry.offered(layer=layer, batch_size=batch_size, seed=seed), **extra.get(name, {})}
+
+        def build(model, name=name, options=options):
+            return build_method(name, model, preprocess=loaded.preprocess, **options)
+
         started = time.perf_counter()
         evaluation = MethodEvaluation(name)
         try:
-            method = build_method(name, loaded.model, **options)
+            method = build(loaded.model)
         except UnsupportedModelError as error:
             evaluation.error = str(error)
             results.append(evaluation)
             continue
+        reduction = method.display.reduction
         maps = torch.cat([method(chunk) for chunk in inputs.split(batch_size)])
-        curve_options = {"steps": steps, "batch_size": batch_size, "progress": progress}
+        curve_options = {"steps": steps, "batch_size": batch_size, "progress": progress, "reduction": reduction}
         evaluation.deletion = deletion_curve(loaded.model, inputs, maps, **curve_options)
         evaluation.insertion = insertion_curve(loaded.model, inputs, maps, **curve_options)
         if len(labelled) >= 4 and mosaics > 0:
@@ -154,12 +162,13 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
             try:
                 evaluation.pointing = grid_pointing_game(
                     method, loaded.model, inputs[index], [chosen.labels[i] for i in labelled], mosaics=mosaics,
-                    seed=seed, batch_size=max(1, batch_size // 4), progress=progress)  # 4x the pixels per input
+                    seed=seed, batch_size=max(1, batch_size // 4), reduction=reduction,
+                    progress=progress)  # 4x the pixels per input
             except DeepscopeError as error:  # too few correct photos, or a fixed-size model
                 evaluation.error = f"pointing game: {error}"
         evaluation.randomization = cascading_randomization(
-            lambda model: build_method(name, model, **options), loaded.model, inputs[:randomization_images],
-            depth=cascade_depth, max_steps=cascade_steps, seed=seed, progress=progress)
+            build, loaded.model, inputs[:randomization_images], depth=cascade_depth, max_steps=cascade_steps,
+            seed=seed, reduction=reduction, progress=progress)
         evaluation.seconds = time.perf_counter() - started
         results.append(evaluation)
     return results

@@ -1,0 +1,361 @@
+"""Every attribution method by its short name: the options it takes, how its maps are shown, what it costs.
+
+The command line, the report, the trust table, the explorer and the dataset jobs build every method through
+:func:`build_method`, so a method added here appears everywhere. Each :class:`MethodEntry` declares
+
+- its options (:class:`Option`: name, type, default, meaning, valid range). Each option means one thing:
+  ``layer`` is always the layer whose maps a CAM weights; a method that explains a layer's channel instead
+  of a class takes ``neuron_layer`` in the library (:class:`~deepscope.attribution.gradient.Gradient`) and is
+  not a catalogue option, since catalogue methods explain classes;
+- its display (:class:`~deepscope.maps.Display`: how channels become one map, whether the sign means
+  something), read from the method class;
+- its cost class (:data:`COSTS`): how many model passes a map needs.
+
+An unknown or ill-typed option raises a :class:`~deepscope.errors.DeepscopeError` that names the valid ones;
+nothing is filtered away. Two run settings are not options, since they change no map: ``preprocess`` (the
+model's normalisation, for methods that need to know what a black image is) and ``progress`` (progress
+bars); :func:`build_method` passes them to the methods that use them.
+
+Example
+-------
+>>> method = build_method("occlusion", model, window=32, stride=16)
+>>> maps = method.attribute(inputs)
+>>> shown = deepscope.maps.display_maps(maps, method.display)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from deepscope.attribution.base import Attribution
+from deepscope.attribution.cam import CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM
+from deepscope.attribution.controls import CenterMap, RandomMap
+from deepscope.attribution.gradient import Gradient
+from deepscope.attribution.guided import GuidedBackprop
+from deepscope.attribution.integrated_gradients import METHODS as QUADRATURES
+from deepscope.attribution.integrated_gradients import IntegratedGradients
+from deepscope.attribution.occlusion import BASELINES as OCCLUSION_BASELINES
+from deepscope.attribution.occlusion import SCORES, Occlusion
+from deepscope.attribution.smoothgrad import SmoothGrad
+from deepscope.errors import DeepscopeError, did_you_mean
+from deepscope.maps import Display
+
+#: cost classes, from cheapest: what one map of one image costs in model passes
+COSTS = {
+    "free": "no model pass (a control)",
+    "one pass": "one forward and one backward pass",
+    "passes": "a fixed number of forward and backward passes (steps, noisy copies)",
+    "channels": "one forward pass per channel of the layer",
+    "windows": "one forward pass per window position (cheaper with incremental evaluation)",
+}
+#: settings that are passed to the methods that use them and change no map (see the module docstring)
+RUN_SETTINGS = ("preprocess", "progress")
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a name"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method.
+
+    Attributes
+    ----------
+    name : str
+    kind : type
+        ``bool``, ``int``, ``float`` or ``str``.
+    default : Any
+        The method's default (``None`` where ``optional``).
+    meaning : str
+        One line for help texts and the README.
+    choices : tuple of str
+        For ``str`` options: the valid values.
+    minimum : float, optional
+        The smallest valid value of a number (inclusive).
+    optional : bool
+        ``None`` is valid (it means: the method decides, e.g. the default CAM layer).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    meaning: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    optional: bool = False
+
+    def check(self, method: str, value: Any) -> Any:
+        """``value`` if valid for this option (an int is accepted as a float); else a DeepscopeError."""
+        if value is None and self.optional:
+            return None
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        valid = isinstance(value, self.kind) and not (self.kind is int and isinstance(value, bool))
+        if not valid:
+            raise DeepscopeError(f"{method}: option {self.name} must be {self.expects()}, got {value!r}.")
+        if self.kind is float and not math.isfinite(value):
+            raise DeepscopeError(f"{method}: option {self.name} must be a finite number, got {value!r}.")
+        if self.choices and value not in self.choices:
+            raise DeepscopeError(f"{method}: option {self.name} must be one of {', '.join(self.choices)}, "
+                                 f"got {value!r}.{did_you_mean(str(value), self.choices)}")
+        if self.minimum is not None and value < self.minimum:
+            raise DeepscopeError(f"{method}: option {self.name} must be at least {self.minimum:g}, got {value!r}.")
+        return value
+
+    def parse(self, method: str, text: str) -> Any:
+        """The value written as ``text`` (on the command line), checked."""
+        text = text.strip()
+        if self.optional and text.lower() in ("none", "default", ""):
+            return None
+        if self.kind is bool:
+            lowered = text.lower()
+            if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                raise DeepscopeError(f"{method}: option {self.name} must be true or false, got {text!r}.")
+            return self.check(method, lowered in ("true", "yes", "1", "on"))
+        if self.kind in (int, float):
+            try:
+                value = self.kind(text)
+            except ValueError:
+                raise DeepscopeError(f"{method}: option {self.name} must be {self.expects()}, got {text!r}.") from None
+            return self.check(method, value)
+        return self.check(method, text)
+
+    def expects(self) -> str:
+        """What a valid value is, in words."""
+        words = f"one of {', '.join(self.choices)}" if self.choices else _TYPE_NAMES.get(self.kind, self.kind.__name__)
+        if self.minimum is not None:
+            words += f" >= {self.minimum:g}"
+        return words + (" or none" if self.optional else "")
+
+    def describe(self) -> str:
+        """``name=default (type): meaning`` for help texts."""
+        return f"{self.name}={self.default} ({self.expects()}): {self.meaning}"
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A method of the catalogue.
+
+    Attributes
+    ----------
+    name : str
+        Short name (``gradcam``), used by the command line and the report.
+    method_class : type
+        The :class:`~deepscope.attribution.base.Attribution` subclass (its ``display`` is the entry's).
+    paper, summary : str
+        Where the method comes from; what its map shows, in one line.
+    options : tuple of Option
+    cost : str
+        A key of :data:`COSTS`.
+    control : bool
+        A control (random, centred map) that sets the chance level of the metrics, not an explanation.
+    build : callable, optional
+        ``build(model, **options)`` when the method is not just ``method_class(model, **options)``
+        (SmoothGrad wraps a gradient method).
+    settings : tuple of str
+        The :data:`RUN_SETTINGS` the method takes.
+    """
+
+    name: str
+    method_class: type
+    paper: str
+    summary: str
+    options: tuple[Option, ...] = ()
+    cost: str = "one pass"
+    control: bool = False
+    build: Callable[..., Attribution] | None = None
+    settings: tuple[str, ...] = ()
+    _by_name: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.cost not in COSTS:
+            raise ValueError(f"{self.name}: unknown cost class {self.cost!r}")
+        object.__setattr__(self, "_by_name", {option.name: option for option in self.options})
+
+    @property
+    def display(self) -> Display:
+        """How the maps are shown with the default options (a built method's ``display`` is exact)."""
+        return self.method_class.display
+
+    def accepts(self, option: str) -> bool:
+        return option in self._by_name
+
+    def option(self, name: str) -> Option:
+        """The option called ``name``; a DeepscopeError naming the valid ones otherwise."""
+        if name not in self._by_name:
+            valid = ", ".join(self._by_name) or "none"
+            raise DeepscopeError(f"{self.name}: unknown option {name!r}.{did_you_mean(name, self._by_name)} "
+                                 f"Its options: {valid}.")
+        return self._by_name[name]
+
+    def defaults(self) -> dict[str, Any]:
+        return {option.name: option.default for option in self.options}
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options, each checked (unknown names and ill-typed values raise)."""
+        return {name: self.option(name).check(self.name, value) for name, value in options.items()}
+
+    def offered(self, **values: Any) -> dict[str, Any]:
+        """Those of ``values`` that this method declares, leaving out ``None`` (for settings that a command
+        offers to every method, such as ``--layer`` or ``--batch-size``)."""
+        return {name: value for name, value in values.items() if value is not None and self.accepts(name)}
+
+    def describe(self) -> str:
+        """Several lines: summary, paper, cost, options (for ``deepscope methods``)."""
+        lines = [f"{self.name}: {self.summary}", f"  paper: {self.paper}", f"  cost: {COSTS[self.cost]}",
+                 f"  display: {'signed' if self.display.signed else 'unsigned'}"
+                 + (f", channels reduced by {self.display.reduction}" if self.display.reduction else "")]
+        lines += [f"  {option.describe()}" for option in self.options] or ["  (no options)"]
+        return "\n".join(lines)
+
+
+def _layer_option() -> Option:
+    return Option("layer", str, None, "the layer whose maps are weighted (default: the last convolutional block)",
+                  optional=True)
+
+
+def _relu_option(default: bool) -> Option:
+    return Option("relu", bool, default, "apply the paper's ReLU to the map (false keeps the signed map)")
+
+
+def _batch_option(default: int | None, what: str) -> Option:
+    return Option("batch_size", int, default, f"{what} per forward pass", minimum=1, optional=default is None)
+
+
+def _seed_option(what: str) -> Option:
+    return Option("seed", int, 0, f"seed of {what}")
+
+
+def _smoothgrad(model: nn.Module, n: int = 25, noise: float = 0.15, batch_size: int = 25, seed: int = 0) -> SmoothGrad:
+    return SmoothGrad(Gradient(model), n=n, noise=noise, batch_size=batch_size, seed=seed)
+
+
+#: every method, in the order the report shows them
+METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in [
+    MethodEntry("gradient", Gradient, "Simonyan, Vedaldi & Zisserman 2014",
+                "max over colour channels of |d score / d pixel|",
+                (Option("absolute", bool, True, "return |gradient| reduced over channels (false: the raw signed "
+                        "gradient per channel; shown the same way)"),)),
+    MethodEntry("guided", GuidedBackprop, "Springenberg et al. 2015",
+                "gradient where ReLUs pass only positive gradients of positive inputs",
+                (Option("absolute", bool, False, "reduce to |gradient| over channels (false: signed, per channel)"),)),
+    MethodEntry("occlusion", Occlusion, "Zeiler & Fergus 2014",
+                "drop of the class score when a patch is replaced, averaged over the patches covering a pixel",
+                (Option("window", int, 16, "patch side in pixels", minimum=1),
+                 Option("stride", int, 8, "step between patches in pixels", minimum=1),
+                 Option("baseline", str, "zero", "what replaces the patch", choices=OCCLUSION_BASELINES),
+                 Option("score", str, "logit", "the score whose drop is measured", choices=SCORES),
+                 _batch_option(64, "occluded images"),
+                 Option("incremental", bool, True, "exact incremental evaluation of the patch's cone (false: "
+                        "a full forward pass per window)")),
+                cost="windows", settings=("progress",)),
+    MethodEntry("smoothgrad", SmoothGrad, "Smilkov et al. 2017",
+                "gradient saliency averaged over copies of the image with Gaussian noise",
+                (Option("n", int, 25, "noisy copies", minimum=1),
+                 Option("noise", float, 0.15, "noise standard deviation as a fraction of the image's range",
+                        minimum=0),
+                 _batch_option(25, "noisy copies"), _seed_option("the noise")),
+                cost="passes", build=_smoothgrad),
+    MethodEntry("ig", IntegratedGradients, "Sundararajan, Taly & Yan 2017",
+                "gradients integrated along the path from a baseline to the image, times the difference",
+                (Option("steps", int, 50, "points on the path (forward and backward passes per image)", minimum=2),
+                 Option("method", str, "gausslegendre", "quadrature rule", choices=QUADRATURES),
+                 Option("baseline", str, "zero", "the path's start: zero model input or the black image",
+                        choices=("zero", "black")),
+                 _batch_option(50, "path points")),
+                cost="passes", settings=("preprocess",)),
+    MethodEntry("cam", CAM, "Zhou et al. 2016", "final linear layer's class weights x last conv maps (GAP heads)",
+                (_layer_option(), _relu_option(False))),
+    MethodEntry("gradcam", GradCAM, "Selvaraju et al. 2017", "layer maps weighted by their mean gradient",
+                (_layer_option(), _relu_option(True))),
+    MethodEntry("gradcam++", GradCAMPlusPlus, "Chattopadhay et al. 2018",
+                "layer maps weighted by positive gradients with higher-order alphas",
+                (_layer_option(), _relu_option(True))),
+    MethodEntry("scorecam", ScoreCAM, "Wang et al. 2020", "layer maps weighted by the score of the input masked "
+                "with each map",
+                (_layer_option(), _batch_option(None, "masked images (default 16 on the CPU, 64 elsewhere)"),
+                 Option("max_channels", int, None, "score only this many channels of highest variance",
+                        minimum=1, optional=True),
+                 _relu_option(True)),
+                cost="channels", settings=("progress",)),
+    MethodEntry("layercam", LayerCAM, "Jiang et al. 2021", "layer maps weighted per position by positive gradients",
+                (_layer_option(), _relu_option(True))),
+    MethodEntry("guided-gradcam", GuidedGradCAM, "Selvaraju et al. 2017", "guided backprop x upsampled Grad-CAM",
+                (_layer_option(),)),
+    MethodEntry("random", RandomMap, "control", "uniform noise (seeded): the chance level of every metric",
+                (_seed_option("the noise"),), cost="free", control=True),
+    MethodEntry("center", CenterMap, "control", "a Gaussian at the image centre: the centre-bias baseline",
+                (Option("sigma", float, 0.25, "standard deviation as a fraction of the image side", minimum=1e-6),),
+                cost="free", control=True),
+]}
+
+
+def get_method(name: str) -> MethodEntry:
+    """The entry called ``name``; a DeepscopeError listing the methods otherwise."""
+    if name not in METHODS:
+        raise DeepscopeError(f"unknown method {name!r}.{did_you_mean(str(name), METHODS)} "
+                             f"Choose from: {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
+def method_names(controls: bool = True) -> list[str]:
+    """Every method's name in catalogue order (without the controls if ``controls=False``)."""
+    return [name for name, entry in METHODS.items() if controls or not entry.control]
+
+
+def build_method(name: str, model: nn.Module, *, preprocess=None, progress: bool = False, **options) -> Attribution:
+    """Build method ``name`` for ``model`` with ``options`` (each checked; unknown ones raise).
+
+    Parameters
+    ----------
+    preprocess : Preprocess, optional
+        The model's normalisation, for methods that take it (Integrated Gradients' black baseline).
+    progress : bool
+        Progress bars, for methods that show them.
+    """
+    entry = get_method(name)
+    checked = entry.check_options(options)
+    settings = {"preprocess": preprocess, "progress": progress}
+    checked.update({key: settings[key] for key in entry.settings})
+    if not isinstance(model, nn.Module):
+        raise DeepscopeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    return (entry.build or entry.method_class)(model, **checked)
+
+
+def parse_methods(text: str | Iterable[str], what: str = "--methods") -> list[str]:
+    """Method names from ``"gradient,ig"`` (or a list; ``all`` is every method), each checked, in order."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if names == ["all"]:
+        return list(METHODS)
+    if not names:
+        raise DeepscopeError(f"{what} is empty; name at least one method, e.g. {what} gradient.")
+    for name in names:
+        if name not in METHODS:
+            raise DeepscopeError(f"{what}: unknown method {name!r}.{did_you_mean(name, METHODS)} "
+                                 f"Choose from: {', '.join(METHODS)}, or all.")
+    return list(dict.fromkeys(names))
+
+
+def parse_method_options(assignments: Iterable[str], methods: Iterable[str] | None = None
+                         ) -> dict[str, dict[str, Any]]:
+    """``["ig.steps=16", "occlusion.window=32"]`` -> ``{"ig": {"steps": 16}, "occlusion": {"window": 32}}``.
+
+    Each value is parsed by its option's type and checked; a method not in ``methods`` (when given) is an error,
+    since the option would change nothing.
+    """
+    chosen = None if methods is None else list(methods)
+    result: dict[str, dict[str, Any]] = {}
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        method, dot, option = key.strip().partition(".")
+        if not sep or not dot or not option:
+            raise DeepscopeError(f"--option {text!r}: write METHOD.OPTION=VALUE, e.g. --option ig.steps=16.")
+        entry = get_method(method)
+        if chosen is not None and method not in chosen:
+            raise DeepscopeError(f"--option {text!r}: method {method} is not among the chosen methods "
+                                 f"({', '.join(chosen)}).")
+        result.setdefault(method, {})[option] = entry.option(option).parse(method, value)
+    return result
