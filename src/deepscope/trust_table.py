@@ -147,31 +147,38 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
         started = time.perf_counter()
         evaluation = MethodEvaluation(name)
         try:
-            method = build(loaded.model)
-        except UnsupportedModelError as error:
+            _score(evaluation, build, loaded, inputs, chosen, labelled, mosaics=mosaics, steps=steps,
+                   cascade_steps=cascade_steps, cascade_depth=cascade_depth,
+                   randomization_images=randomization_images, batch_size=batch_size, seed=seed, progress=progress)
+        except UnsupportedModelError as error:  # this method does not fit this model (or this layer)
             evaluation.error = str(error)
-            results.append(evaluation)
-            continue
-        reduction = method.display.reduction
-        maps = torch.cat([method(chunk) for chunk in inputs.split(batch_size)])
-        curve_options = {"steps": steps, "batch_size": batch_size, "progress": progress, "reduction": reduction}
-        evaluation.deletion = deletion_curve(loaded.model, inputs, maps, **curve_options)
-        evaluation.insertion = insertion_curve(loaded.model, inputs, maps, **curve_options)
-        if len(labelled) >= 4 and mosaics > 0:
-            index = torch.tensor(labelled, device=device)
-            try:
-                evaluation.pointing = grid_pointing_game(
-                    method, loaded.model, inputs[index], [chosen.labels[i] for i in labelled], mosaics=mosaics,
-                    seed=seed, batch_size=max(1, batch_size // 4), reduction=reduction,
-                    progress=progress)  # 4x the pixels per input
-            except DeepscopeError as error:  # too few correct photos, or a fixed-size model
-                evaluation.error = f"pointing game: {error}"
-        evaluation.randomization = cascading_randomization(
-            build, loaded.model, inputs[:randomization_images], depth=cascade_depth, max_steps=cascade_steps,
-            seed=seed, reduction=reduction, progress=progress)
         evaluation.seconds = time.perf_counter() - started
         results.append(evaluation)
     return results
+
+
+def _score(evaluation: MethodEvaluation, build, loaded: LoadedModel, inputs: torch.Tensor, chosen: ImageSet,
+           labelled: list[int], *, mosaics: int, steps: int, cascade_steps: int, cascade_depth: int | None,
+           randomization_images: int, batch_size: int, seed: int, progress: bool) -> None:
+    """Fill ``evaluation`` with every metric of the method that ``build(model)`` makes."""
+    method = build(loaded.model)
+    reduction = method.display.reduction
+    maps = torch.cat([method(chunk) for chunk in inputs.split(batch_size)])
+    curve_options = {"steps": steps, "batch_size": batch_size, "progress": progress, "reduction": reduction}
+    evaluation.deletion = deletion_curve(loaded.model, inputs, maps, **curve_options)
+    evaluation.insertion = insertion_curve(loaded.model, inputs, maps, **curve_options)
+    if len(labelled) >= 4 and mosaics > 0:
+        index = torch.tensor(labelled, device=inputs.device)
+        try:
+            evaluation.pointing = grid_pointing_game(
+                method, loaded.model, inputs[index], [chosen.labels[i] for i in labelled], mosaics=mosaics,
+                seed=seed, batch_size=max(1, batch_size // 4), reduction=reduction,
+                progress=progress)  # 4x the pixels per input
+        except DeepscopeError as error:  # too few correct photos, or a fixed-size model
+            evaluation.error = f"pointing game: {error}"
+    evaluation.randomization = cascading_randomization(
+        build, loaded.model, inputs[:randomization_images], depth=cascade_depth, max_steps=cascade_steps,
+        seed=seed, reduction=reduction, progress=progress)
 
 
 def table_csv(rows: Sequence[dict]) -> str:

@@ -16,7 +16,9 @@ Model specs understood by :func:`load_model`:
 =================================  ===========================================================
 
 ``pretrained=False`` builds the architecture with random weights (no download), which is what the
-tests use.
+tests use. Random weights are drawn from torch's generator seeded with ``seed`` inside
+``torch.random.fork_rng``: the same spec and seed give the same model, and the caller's global random
+state is as it was.
 """
 
 from __future__ import annotations
@@ -75,14 +77,21 @@ def available_models() -> list[tuple[str, str]]:
     return rows
 
 
-def load_model(spec: str = "default", *, pretrained: bool = True, num_classes: int | None = None) -> LoadedModel:
-    """Load a classifier by spec (see the module docstring).
+def load_model(spec: str = "default", *, pretrained: bool = True, num_classes: int | None = None,
+               seed: int = 0) -> LoadedModel:
+    """Load a classifier by spec (see the module docstring); ``seed`` draws the random weights of new layers.
 
     Raises
     ------
     ModelSpecError
         For an unknown name, a missing or unreadable file, or weights that do not fit the architecture.
     """
+    with torch.random.fork_rng(devices=[]):  # architectures draw their initial weights from the global RNG
+        torch.manual_seed(seed)
+        return _load(str(spec), pretrained, num_classes)
+
+
+def _load(spec: str, pretrained: bool, num_classes: int | None) -> LoadedModel:
     spec = spec.strip()
     if spec in ("default", DEFAULT_MODEL):
         return _efficientnet_lite0(pretrained)
