@@ -208,6 +208,11 @@ def _make_batch(items: list[tuple[int, torch.Tensor]], images: ImageSet) -> Batc
     return Batch(indices, torch.stack([t for _, t in items]), [images.labels[i] for i in indices])
 
 
-def load_inputs(paths: Sequence[str | Path], transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
-    """Load a few files into one (N, 3, H, W) batch; any unreadable file raises :class:`ImageError`."""
+def load_inputs(paths: Sequence[str | Path] | str | Path,
+                transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    """Load a few files (or one) into one (N, 3, H, W) batch; any unreadable file raises :class:`ImageError`."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise DeepscopeError("load_inputs needs at least one image file.")
     return torch.stack([transform(load_image(p)) for p in paths])
