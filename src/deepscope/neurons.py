@@ -15,7 +15,7 @@ of that neuron next to each crop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,7 +25,7 @@ from torch import nn
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.errors import DeepscopeError, TargetError, UnsupportedModelError
-from deepscope.images import ImageSet, iter_batches, load_image
+from deepscope.images import ImageSet, Photos, Skip, iter_batches
 from deepscope.models.preprocess import Preprocess
 from deepscope.probe import Probe, get_layer, model_device
 
@@ -269,6 +269,8 @@ class TopActivations:
         ``(y, x)`` of the neuron in the feature map.
     map_size : int
         Side of the layer's feature map.
+    skipped : list of (Path, str)
+        Files of the image set that were not scanned (not images, or unreadable), and why.
     """
 
     layer: str
@@ -277,6 +279,7 @@ class TopActivations:
     image_indices: torch.Tensor
     positions: torch.Tensor
     map_size: int
+    skipped: list[Skip]
 
 
 def batch_top_activations(activation: torch.Tensor, channels: Sequence[int],
@@ -327,8 +330,12 @@ def top_activations(model: nn.Module, images: ImageSet, transform, layer: str, c
     device = model_device(model)
     best = None
     map_size = 0
+    skipped = list(images.skipped)
     with Probe(model, [layer], detach=True) as probe, torch.inference_mode():
         for batch in iter_batches(images, transform, batch_size, progress="activations" if progress else False):
+            skipped += batch.skipped
+            if not batch.indices:
+                continue
             probe(batch.inputs.to(device))
             activation = probe.activations[layer]
             if activation.ndim != 4:
@@ -347,7 +354,7 @@ def top_activations(model: nn.Module, images: ImageSet, transform, layer: str, c
         raise DeepscopeError("no readable image to scan.")
     values, image_indices, flat = best
     positions = torch.stack([flat // map_size, flat % map_size], dim=-1)
-    return TopActivations(layer, list(channels), values, image_indices, positions, map_size)
+    return TopActivations(layer, list(channels), values, image_indices, positions, map_size, skipped)
 
 
 # -- crops and guided backprop -------------------------------------------------------------------------
@@ -371,12 +378,15 @@ class NeuronView:
 
 
 def neuron_view(model: nn.Module, preprocess: Preprocess, images: ImageSet, layer: str, channels: Sequence[int],
-                k: int = 9, *, neuron: tuple[int, int] | None = None, batch_size: int = 32,
+                k: int = 9, *, neuron: tuple[int, int] | None = None,
+                pixels: Callable[[Sequence[int]], torch.Tensor] | None = None, batch_size: int = 32,
                 progress: bool = True) -> NeuronView:
     """Scan ``images`` for ``channels`` of ``layer`` and cut their top-k crops with guided backprop.
 
     With ``neuron=(y, x)`` images are ranked by that one spatial neuron of each channel (see
-    :func:`top_activations`).
+    :func:`top_activations`). ``pixels(indices)`` gives the ``(N, 3, S, S)`` [0, 1] crops
+    (``preprocess.crop``) of the top images by their positions in ``images``, e.g. from photos a caller
+    has decoded already; by default they are decoded here, each once.
 
     Guided backprop (Springenberg et al. 2015) of neuron ``a[:, c, y, x]`` at each image's strongest
     position; models with activations guided backprop cannot handle get the plain gradient instead
@@ -391,21 +401,27 @@ def neuron_view(model: nn.Module, preprocess: Preprocess, images: ImageSet, laye
     except UnsupportedModelError:
         method = Gradient(model, absolute=False, neuron_layer=layer)
         gradient_method = "gradient"
+    if pixels is None:
+        photos = Photos(preprocess)
+
+        def pixels(indices: Sequence[int]) -> torch.Tensor:
+            return photos.crops([images.paths[i] for i in indices])
+
     device = model_device(model)
     boxes, crops, guided, paths = [], [], [], []
     for row, channel in enumerate(top.channels):
         indices = top.image_indices[row].tolist()
-        pixels = torch.stack([preprocess.crop(load_image(images.paths[i])) for i in indices]).to(device)
+        top_pixels = pixels(indices).to(device)
         ys, xs = top.positions[row, :, 0].to(device), top.positions[row, :, 1].to(device)
         arange = torch.arange(len(indices), device=device)
 
         def score(activation, c=channel, ys=ys, xs=xs, arange=arange):
             return activation[arange, c, ys, xs]
 
-        grads = method.attribute(preprocess.normalize(pixels), target=score)
+        grads = method.attribute(preprocess.normalize(top_pixels), target=score)
         row_boxes = [neuron_box(field, int(y), int(x), preprocess.input_size) for y, x in top.positions[row].tolist()]
         boxes.append(row_boxes)
-        crops.append([p[:, t:b, l:r] for p, (t, l, b, r) in zip(pixels, row_boxes)])
+        crops.append([p[:, t:b, l:r] for p, (t, l, b, r) in zip(top_pixels, row_boxes)])
         guided.append([g[:, t:b, l:r] for g, (t, l, b, r) in zip(grads, row_boxes)])
         paths.append([str(images.paths[i]) for i in indices])
     return NeuronView(layer, top.channels, top, field, boxes, crops, guided, paths, gradient_method)
