@@ -7,7 +7,8 @@ of that neuron next to each crop.
 
 - :func:`receptive_field` computes a layer's receptive field from the architecture (kernel sizes,
   strides, paddings and dilations along the path to the layer; TF-``SAME`` convolutions, pooling,
-  residual blocks), and falls back to the support of the input gradient for layers it cannot follow.
+  residual blocks; see :mod:`deepscope.geometry`), and falls back to the support of the input gradient
+  for layers it cannot follow.
 - :func:`top_activations` keeps a running top-k per channel while scanning batches (activations of the
   whole dataset are never held in memory).
 - :func:`neuron_view` puts both together into crops and guided-backprop crops for a figure.
@@ -25,6 +26,7 @@ from torch import nn
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.errors import DeepscopeError, TargetError, UnsupportedModelError
+from deepscope.geometry import walk_fields
 from deepscope.images import ImageSet, Photos, Skip, iter_batches
 from deepscope.models.preprocess import Preprocess
 from deepscope.probe import Probe, get_layer, model_device
@@ -44,118 +46,6 @@ class ReceptiveField(NamedTuple):
     method: str = "architecture"
 
 
-class _Unfollowable(Exception):
-    """A module whose effect on the receptive field the architecture walk cannot know."""
-
-
-#: modules that act on each position separately (the receptive field passes through unchanged)
-_POINTWISE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm2d, nn.Identity,
-              nn.Dropout, nn.Dropout2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
-              nn.Mish, nn.LeakyReLU, nn.ELU, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus, nn.Tanh, nn.Sigmoid,
-              nn.Hardtanh)
-#: names of a block's children that form a parallel branch from the block's input (ResNet shortcuts)
-_SHORTCUT_NAMES = ("downsample", "shortcut", "skip")
-
-
-@dataclass
-class _Field:
-    """Receptive field of one feature map w.r.t. the input, and that map's size, along one axis."""
-
-    size: int = 1
-    stride: int = 1
-    start: int = 0     # first input pixel seen by position 0
-    length: int = 0    # spatial length of the feature map
-
-    def window(self, kernel: int, stride: int, pad_before: int, dilation: int, out_length: int) -> "_Field":
-        extent = (kernel - 1) * dilation + 1
-        return _Field(self.size + (extent - 1) * self.stride, self.stride * stride,
-                      self.start - pad_before * self.stride, out_length)
-
-    def union(self, other: "_Field") -> "_Field":
-        if (other.stride, other.length) != (self.stride, self.length):
-            raise _Unfollowable("branches with different strides")
-        start = min(self.start, other.start)
-        end = max(self.start + self.size, other.start + other.size)
-        return _Field(end - start, self.stride, start, self.length)
-
-
-def _same_padding(length: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow 'SAME' padding (before, after) along one axis."""
-    extent = (kernel - 1) * dilation + 1
-    total = max((-(-length // stride) - 1) * stride + extent - length, 0)
-    return total // 2, total - total // 2
-
-
-def _square(value, name: str) -> int:
-    values = value if isinstance(value, (tuple, list)) else (value, value)
-    if len(set(values)) != 1:
-        raise _Unfollowable(f"non-square {name} {values}")
-    return int(values[0])
-
-
-def _window_layer(field: _Field, module: nn.Module) -> _Field:
-    kernel = _square(module.kernel_size, "kernel")
-    stride = _square(module.stride if module.stride is not None else module.kernel_size, "stride")
-    dilation = _square(getattr(module, "dilation", 1), "dilation")
-    if isinstance(module.padding, str) or _is_tf_same(module):
-        if module.padding == "valid":
-            before = after = 0
-        elif module.padding == "same" and not _is_tf_same(module):  # PyTorch 'same' (stride 1 only)
-            total = (kernel - 1) * dilation
-            before, after = total // 2, total - total // 2
-        else:
-            before, after = _same_padding(field.length, kernel, stride, dilation)
-    else:
-        before = after = _square(module.padding, "padding")
-    extent = (kernel - 1) * dilation + 1
-    padded = field.length + before + after
-    if getattr(module, "ceil_mode", False):
-        out = -(-(padded - extent) // stride) + 1
-        if (out - 1) * stride >= field.length + before:
-            out -= 1
-    else:
-        out = (padded - extent) // stride + 1
-    return field.window(kernel, stride, before, dilation, out)
-
-
-def _is_tf_same(module: nn.Module) -> bool:
-    """TF-'SAME' convolutions whose padding is computed in forward (deepscope's TFLite import, timm)."""
-    return hasattr(module, "pad_amounts") or type(module).__name__.endswith("Same")
-
-
-def _walk(module: nn.Module, field: _Field, path: list[str]) -> _Field:
-    """The field after ``module`` (or, with a non-empty ``path``, after its sub-module ``path``)."""
-    if not path:
-        if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-            return _window_layer(field, module)
-        if isinstance(module, _POINTWISE):
-            return field
-        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            size = module.output_size
-            if size is None or (size if isinstance(size, int) else tuple(size)) in (field.length, (field.length,) * 2):
-                return field
-            raise _Unfollowable(f"{type(module).__name__}")
-        if not any(True for _ in module.children()):
-            raise _Unfollowable(type(module).__name__)
-    children = list(module.named_children())
-    if not children:
-        raise _Unfollowable(type(module).__name__)
-    # Children are taken to run in order (Sequential chains, residual blocks whose skip is the
-    # identity); shortcut branches run from the block's input in parallel and are united at the end.
-    main = field
-    shortcuts = []
-    for name, child in children:
-        if path and name == path[0]:
-            return _walk(child, main, path[1:])
-        if name in _SHORTCUT_NAMES:
-            shortcuts.append(_walk(child, field, []))
-        else:
-            main = _walk(child, main, [])
-    for branch in shortcuts:
-        main = main.union(branch)
-    return main
-
-
 def architecture_receptive_field(model: nn.Module, layer: str, input_size: int) -> ReceptiveField:
     """Receptive field of ``layer`` from the modules on the path to it.
 
@@ -166,15 +56,19 @@ def architecture_receptive_field(model: nn.Module, layer: str, input_size: int) 
         a block, non-square kernels, ...), or the computed feature-map size disagrees with the model's.
     """
     get_layer(model, layer)
-    try:
-        field = _walk(model, _Field(length=input_size), layer.split("."))
-    except _Unfollowable as error:
-        raise UnsupportedModelError(f"cannot follow the architecture to layer {layer!r}: {error}.") from None
+    walk = walk_fields(model, (input_size, input_size))
+    if layer not in walk.fields:
+        reason = walk.stopped or "it lies inside a layer taken as a whole"
+        raise UnsupportedModelError(f"cannot follow the architecture to layer {layer!r}: {reason}.")
+    rows, columns = walk.fields[layer]
+    if rows != columns:
+        raise UnsupportedModelError(f"cannot follow the architecture to layer {layer!r}: its receptive field is not "
+                                    f"square ({rows.size}x{columns.size} px, stride {rows.stride}x{columns.stride}).")
     actual = _feature_size(model, layer, input_size)
-    if actual != field.length:
+    if actual != rows.length:
         raise UnsupportedModelError(f"cannot follow the architecture to layer {layer!r}: computed a "
-                                    f"{field.length}-px feature map, the model gives {actual} px.")
-    return ReceptiveField(field.size, field.stride, field.start, "architecture")
+                                    f"{rows.length}-px feature map, the model gives {actual} px.")
+    return ReceptiveField(rows.size, rows.stride, rows.offset, "architecture")
 
 
 def _feature_size(model: nn.Module, layer: str, input_size: int) -> int:
