@@ -98,7 +98,8 @@ def test_each_rule_matches_a_dense_reference(rule, kind, signs):
     low, high = -torch.rand(shape[0], *(1,) * (len(shape) - 1), generator=generator, dtype=torch.float64) - 2, 2.5
     options = {"epsilon": {"epsilon": EPS}, "gamma": {"gamma": 0.25, "stabilizer": EPS},
                "z-box": {"low": low, "high": torch.tensor(high, dtype=torch.float64), "stabilizer": EPS}}
-    ours = RULES[rule](Affine(layer), x, relevance, **options.get(rule, {"stabilizer": EPS}))
+    known_sign = {"nonnegative": True} if signs == "nonnegative" else {}  # as after a ReLU module; else checked
+    ours = RULES[rule](Affine(layer), x, relevance, **options.get(rule, {"stabilizer": EPS}), **known_sign)
     for n in range(2):
         expected = reference_rule(rule, layer, x[n], relevance[n], low=low, high=high)
         torch.testing.assert_close(ours[n], expected, rtol=1e-9, atol=1e-9)

@@ -215,9 +215,9 @@ class LRP(Attribution):
                                  "preprocess=loaded.preprocess, or low= and high= in model-input space.")
         return plan
 
-    def _affine_rule(self, rule: str, x: torch.Tensor):
+    def _affine_rule(self, rule: str, x: torch.Tensor, nonnegative: bool | None):
         options = {"epsilon": {"epsilon": self.epsilon}, "gamma": {"gamma": self.gamma, "stabilizer": self.stabilizer}}
-        kwargs = options.get(rule, {"stabilizer": self.stabilizer})
+        kwargs = options.get(rule, {"stabilizer": self.stabilizer}) | {"nonnegative": nonnegative}
         if rule == "z-box":
             low, high = self._bounds
             kwargs.update(low=low.to(x), high=high.to(x))
@@ -227,7 +227,12 @@ class LRP(Attribution):
     def _attach(self, probe: Probe, plan: _Plan, model_input: torch.Tensor) -> None:
         """Attach every rule through the probe; BatchNorm merges are decided on the actual tensors."""
         produced: dict[int, tuple[weakref.ref, nn.Module, torch.Tensor]] = {}
+        rectified: dict[int, weakref.ref] = {}  # outputs of ReLU/ReLU6 modules: the rules need not check their sign
         merge = "merge-batchnorm" in self.canonizers
+
+        def nonnegative(x: torch.Tensor) -> bool | None:
+            ref = rectified.get(id(x))
+            return True if ref is not None and ref() is x else None
 
         def affine_backward(rule, layer: Affine):
             def backward(saved, relevance):
@@ -240,7 +245,8 @@ class LRP(Attribution):
                     raise UnsupportedModelError(f"the z-box rule needs the model input, but layer {name!r} gets "
                                                 "another tensor; use rules= to give it another rule.")
                 produced[id(output)] = (weakref.ref(output), module, x)
-                return (x,), affine_backward(self._affine_rule(rule_name, x), Affine(module, None, name))
+                rule = self._affine_rule(rule_name, x, nonnegative(x))
+                return (x,), affine_backward(rule, Affine(module, None, name))
             return connect
 
         def connect_norm(norm, name):
@@ -251,7 +257,8 @@ class LRP(Attribution):
                     layer_name, rule_name = plan.affine[module]
                     if module.weight.shape[0] == norm.num_features:
                         layer = Affine(module, norm, f"{layer_name} + {name}")
-                        return (layer_input,), affine_backward(self._affine_rule(rule_name, layer_input), layer)
+                        rule = self._affine_rule(rule_name, layer_input, nonnegative(layer_input))
+                        return (layer_input,), affine_backward(rule, layer)
                 return (x,), pass_through
             return connect
 
@@ -259,8 +266,13 @@ class LRP(Attribution):
             probe.replace_backward(module, connect_affine(module, name, rule_name))
         for norm, name in plan.norms.items():
             probe.replace_backward(norm, connect_norm(norm, name))
+        def connect_rectifier(x, output):
+            rectified[id(output)] = weakref.ref(output)
+            return (x,), pass_through
+
         for module in plan.passes:
-            probe.replace_backward(module, lambda x, output: ((x,), pass_through))
+            rectifier = type(module) in (nn.ReLU, nn.ReLU6)
+            probe.replace_backward(module, connect_rectifier if rectifier else lambda x, output: ((x,), pass_through))
         for pool in plan.pools:
             probe.replace_backward(pool, lambda x, output, pool=pool: ((x,), proportional(pool.forward, self.stabilizer)))
         probe.route_functions(function_rules(set(self.canonizers), self.stabilizer))

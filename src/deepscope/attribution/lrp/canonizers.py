@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepscope.attribution.lrp.rules import pass_through, proportional, stabilize
+from deepscope.attribution.lrp.rules import pass_through, proportional, ratio
 from deepscope.errors import UnsupportedModelError
 from deepscope.probe import AttachedBackward, attach_backward
 
@@ -99,8 +99,8 @@ def sum_backward(stabilizer: float):
 
     def backward(inputs: tuple[torch.Tensor, torch.Tensor], relevance: torch.Tensor):
         a, b = inputs
-        scaled = relevance / stabilize(a + b, stabilizer)
-        return (a * scaled).sum_to_size(a.shape), (b * scaled).sum_to_size(b.shape)
+        scaled = ratio(relevance, a + b, stabilizer)
+        return (a * scaled).sum_to_size(a.shape), scaled.mul_(b).sum_to_size(b.shape)
 
     return backward
 

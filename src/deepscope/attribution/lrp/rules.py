@@ -37,9 +37,20 @@ _PLAIN_FORWARDS = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward, Conv
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``z + eps * sign(z)`` with ``sign(0) = +1``: a denominator that is never 0 and keeps its sign."""
-    return z + torch.where(z >= 0, eps, -eps)
+def ratio(relevance: torch.Tensor, z: torch.Tensor, eps: float, sign: str = "") -> torch.Tensor:
+    """``relevance / (z + eps sign(z))``, computed in ``z``'s memory (``z`` must be a temporary).
+
+    The stabilised denominator is never 0 and keeps the sign of ``z``. ``sign="+"`` (``"-"``) says that ``z``
+    is never negative (positive), which saves a pass. Otherwise ``eps`` takes ``z``'s sign bit, so ``-0.0``
+    gets ``-eps`` where zennit adds ``+eps``: such a ``z`` is a sum of zeros, whose shares are 0 either way.
+    """
+    if sign == "+":
+        z.add_(eps)
+    elif sign == "-":
+        z.sub_(eps)
+    else:
+        z.add_(torch.copysign(torch.tensor(eps, dtype=z.dtype, device=z.device), z))
+    return torch.div(relevance, z, out=z)
 
 
 class Affine:
@@ -108,7 +119,13 @@ class Affine:
         m = self.module
         pads = self._pads(x)
         symmetric = all(a == b for a, b in pads)
-        like = x if symmetric else F.pad(x, [p for pair in reversed(pads) for p in pair])
+        if symmetric:
+            like = x
+        else:  # only the padded shape and layout matter
+            shape = (*x.shape[:2], *(n + a + b for n, (a, b) in zip(x.shape[2:], pads)))
+            layout = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+                else torch.contiguous_format
+            like = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
         result = torch.ops.aten.convolution_backward(
             grad, like, weight, None, m.stride, [a for a, _ in pads] if symmetric else [0] * len(pads),
             m.dilation, False, [0] * len(pads), m.groups, (True, False, False))[0]
@@ -135,65 +152,64 @@ def check_batch_norm(module: nn.Module, name: str) -> None:
 
 
 # -- rules for affine layers -------------------------------------------------------------------------------
+# Each takes ``nonnegative``: whether the input is known to be >= 0 (after a ReLU), which drops the negative
+# half of the generalised rules (two convolutions); None checks it, with one reduction.
 
-def _nonnegative(x: torch.Tensor) -> bool:
-    # One reduction per layer: after a ReLU the negative half of the generalised rules vanishes, and
-    # skipping it saves two convolutions.
-    return bool(x.min() >= 0)
-
-
-def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return (x, None) if _nonnegative(x) else (x.clamp(min=0), x.clamp(max=0))
+def _split(x: torch.Tensor, nonnegative: bool | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if nonnegative is None:
+        nonnegative = bool(x.amin() >= 0)
+    return (x, None) if nonnegative else (x.clamp(min=0), x.clamp(max=0))
 
 
 def _two_part(layer: Affine, xp: torch.Tensor, xn: torch.Tensor | None, wp: torch.Tensor, wn: torch.Tensor,
-              bias: torch.Tensor | None, relevance: torch.Tensor, eps: float, mask: torch.Tensor | None = None):
-    """Relevance of ``z = wp xp + wn xn + bias`` by its own contributions: the shared step of z+, alpha-beta, gamma."""
+              bias: torch.Tensor, relevance: torch.Tensor, eps: float, sign: str, scale: float = 1.0) -> torch.Tensor:
+    """``scale`` times the relevance of ``z = wp xp + wn xn + bias`` shared by contributions (z+, alpha-beta):
+    ``z`` has one sign, the sign of ``wp``."""
     z = layer.forward(xp, wp, bias)
     if xn is not None:
         z = z + layer.forward(xn, wn)
-    scaled = relevance / stabilize(z, eps)
-    if mask is not None:
-        scaled = scaled * mask
-    result = xp * layer.backward(scaled, wp, xp)
+    scaled = ratio(relevance, z, eps, sign)
+    result = layer.backward(scaled, wp * scale, xp).mul_(xp)
     if xn is not None:
-        result = result + xn * layer.backward(scaled, wn, xn)
+        result = result.addcmul_(layer.backward(scaled, wn * scale, xn), xn)
     return result
 
 
-def epsilon_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, epsilon: float) -> torch.Tensor:
+def epsilon_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, epsilon: float,
+                 nonnegative: bool | None = None) -> torch.Tensor:
     """LRP-epsilon (Bach et al. 2015): ``R_i = x_i sum_j w_ij R_j / (z_j + eps sign z_j)``; ``epsilon=0`` is LRP-0."""
     z = layer.forward(x, layer.weight, layer.bias)
-    return x * layer.backward(relevance / stabilize(z, epsilon), layer.weight, x)
+    return layer.backward(ratio(relevance, z, epsilon), layer.weight, x).mul_(x)
 
 
-def zplus_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, stabilizer: float) -> torch.Tensor:
+def zplus_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, stabilizer: float,
+               nonnegative: bool | None = None) -> torch.Tensor:
     """z+ (alpha=1, beta=0): relevance by positive contributions ``x+ w+`` and ``x- w-``, with ``b+`` in the sum."""
-    xp, xn = _split(x)
+    xp, xn = _split(x, nonnegative)
     w = layer.weight
-    return _two_part(layer, xp, xn, w.clamp(min=0), w.clamp(max=0), layer.bias.clamp(min=0), relevance, stabilizer)
+    return _two_part(layer, xp, xn, w.clamp(min=0), w.clamp(max=0), layer.bias.clamp(min=0), relevance, stabilizer,
+                     "+")
 
 
 def alpha_beta_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, stabilizer: float,
-                    alpha: float = 2.0, beta: float = 1.0) -> torch.Tensor:
+                    alpha: float = 2.0, beta: float = 1.0, nonnegative: bool | None = None) -> torch.Tensor:
     """Alpha-beta (Bach et al. 2015): ``alpha`` times the z+ share minus ``beta`` times the negative share."""
-    xp, xn = _split(x)
+    xp, xn = _split(x, nonnegative)
     w, b = layer.weight, layer.bias
     wp, wn = w.clamp(min=0), w.clamp(max=0)
-    positive = _two_part(layer, xp, xn, wp, wn, b.clamp(min=0), relevance, stabilizer)
-    negative = _two_part(layer, xp, xn, wn, wp, b.clamp(max=0), relevance, stabilizer)
-    return alpha * positive - beta * negative
+    positive = _two_part(layer, xp, xn, wp, wn, b.clamp(min=0), relevance, stabilizer, "+", alpha)
+    return positive.add_(_two_part(layer, xp, xn, wn, wp, b.clamp(max=0), relevance, stabilizer, "-", -beta))
 
 
-def gamma_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, gamma: float,
-               stabilizer: float) -> torch.Tensor:
+def gamma_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, gamma: float, stabilizer: float,
+               nonnegative: bool | None = None) -> torch.Tensor:
     """LRP-gamma (Montavon et al. 2019), generalised to signed inputs and outputs as in zennit.
 
     Where ``z > 0`` the positive contributions are favoured, ``w + gamma w+`` on ``x+`` (and ``w + gamma w-``
     on ``x-``); where ``z < 0`` the negative ones. The sign of ``z`` comes from the four modified outputs,
     whose sum is ``(2 + gamma) z``.
     """
-    xp, xn = _split(x)
+    xp, xn = _split(x, nonnegative)
     w, b = layer.weight, layer.bias
     w_up, w_down = w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)
     b_up, b_down = b + gamma * b.clamp(min=0), b + gamma * b.clamp(max=0)
@@ -203,11 +219,12 @@ def gamma_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, gamma
         up = up + layer.forward(xn, w_down)
         down = down + layer.forward(xn, w_up)
     total = up + down
-    scaled_up = relevance * (total > 0) / stabilize(up, stabilizer)
-    scaled_down = relevance * (total < 0) / stabilize(down, stabilizer)
-    result = xp * (layer.backward(scaled_up, w_up, xp) + layer.backward(scaled_down, w_down, xp))
+    scaled_up = ratio(relevance * (total > 0), up, stabilizer)
+    scaled_down = ratio(relevance * (total < 0), down, stabilizer)
+    result = layer.backward(scaled_up, w_up, xp).add_(layer.backward(scaled_down, w_down, xp)).mul_(xp)
     if xn is not None:
-        result = result + xn * (layer.backward(scaled_up, w_down, xn) + layer.backward(scaled_down, w_up, xn))
+        negative = layer.backward(scaled_up, w_down, xn).add_(layer.backward(scaled_down, w_up, xn))
+        result = result.addcmul_(negative, xn)
     return result
 
 
@@ -218,29 +235,32 @@ def _constant_input(x: torch.Tensor, value: torch.Tensor | float) -> torch.Tenso
 
 def _uniform_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, weight: torch.Tensor,
                   bias: torch.Tensor | None, stabilizer: float) -> torch.Tensor:
-    denominator = layer.forward(_constant_input(x, 1.0), weight, bias)  # the same for every sample
-    return layer.backward(relevance / stabilize(denominator, stabilizer), weight, x)
+    denominator = layer.forward(_constant_input(x, 1.0), weight, bias)  # the same for every sample, >= 0
+    return layer.backward(relevance / denominator.add_(stabilizer), weight, x)
 
 
-def flat_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, stabilizer: float) -> torch.Tensor:
+def flat_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, stabilizer: float,
+              nonnegative: bool | None = None) -> torch.Tensor:
     """Flat (Lapuschkin et al. 2019): each output's relevance spread evenly over its receptive field."""
     return _uniform_rule(layer, x, relevance, torch.ones_like(layer.weight), None, stabilizer)
 
 
-def wsquare_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, stabilizer: float) -> torch.Tensor:
+def wsquare_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, stabilizer: float,
+                 nonnegative: bool | None = None) -> torch.Tensor:
     """w-square (Montavon et al. 2017): relevance spread in proportion to ``w^2`` (the bias squared counts too)."""
     return _uniform_rule(layer, x, relevance, layer.weight ** 2, layer.bias ** 2, stabilizer)
 
 
 def zbox_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, low: torch.Tensor, high: torch.Tensor,
-              stabilizer: float) -> torch.Tensor:
+              stabilizer: float, nonnegative: bool | None = None) -> torch.Tensor:
     """z-box (Montavon et al. 2017) for an input bounded by ``low <= x <= high`` (per channel or per pixel)."""
     w = layer.weight
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     low, high = _constant_input(x, low), _constant_input(x, high)
     z = layer.forward(x, w) - layer.forward(low, wp) - layer.forward(high, wn)
-    scaled = relevance / stabilize(z, stabilizer)
-    return x * layer.backward(scaled, w, x) - low * layer.backward(scaled, wp, x) - high * layer.backward(scaled, wn, x)
+    scaled = ratio(relevance, z, stabilizer)
+    result = layer.backward(scaled, w, x).mul_(x)
+    return result.sub_(low * layer.backward(scaled, wp, x)).sub_(high * layer.backward(scaled, wn, x))
 
 
 AffineRule = Callable[[Affine, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -266,7 +286,7 @@ def proportional(function: Callable[..., torch.Tensor], stabilizer: float):
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(True) for t in inputs]
             output = function(*leaves)
-            grads = torch.autograd.grad(output, leaves, relevance / stabilize(output.detach(), stabilizer))
-        return tuple(t * g for t, g in zip(inputs, grads))
+            grads = torch.autograd.grad(output, leaves, ratio(relevance, output.detach().clone(), stabilizer))
+        return tuple(g.mul_(t) for t, g in zip(inputs, grads))
 
     return backward
