@@ -24,7 +24,6 @@ see ``tests/zennit_reference.py``), relative to the map's largest value.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,30 +32,14 @@ import torch
 import torchvision
 
 from allocator import malloc_regime, use_fast_malloc
+from bench_attribution import DEFAULT_MODEL as TFLITE, photos
 from deepscope.attribution.lrp import LRP
-from deepscope.images import load_inputs, scan_images
 from deepscope.models.zoo import load_model
 from deepscope.probe import fast_layout
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("DEEPSCOPE_DATA", REPO.parent / "shared" / "data"))
-TFLITE = DATA / "models" / "coral" / "mobilenet_v2_1.0_224_quant.tflite"
 sys.path.insert(0, str(REPO / "tests"))  # the zennit canonizers zennit lacks, shared with the tests
 import zennit_reference  # noqa: E402
-
-
-def photos(loaded, count: int) -> torch.Tensor:
-    """One photo from each of the first ``count`` in20 class folders (or the built-in photos)."""
-    if (DATA / "in20").is_dir():
-        found = scan_images(DATA / "in20", loaded.classes)
-        firsts = {}
-        for path, folder in zip(found.paths, found.folders):
-            firsts.setdefault(folder, path)
-        paths = list(firsts.values())[:count]
-    else:
-        from deepscope.sample_images import builtin_images
-        paths = builtin_images().paths[:count]
-    return load_inputs(paths, loaded.preprocess)
 
 
 def resnet18() -> torch.nn.Module:
