@@ -20,21 +20,22 @@ One forward and one backward pass per batch, as zennit: each rule is the custom 
 attached through :meth:`deepscope.probe.Probe.replace_backward`; nothing in the model is rewritten, not
 even for BatchNorm merging (the merged weights exist only inside the rules).
 
-Differs from the protocol: the map is the relevance itself (N, C, H, W), signed, in logit units; summed
-over channels and pixels it is about the target logit (exactly, for bias-free ReLU networks and
-``epsilon=0``); display it with :func:`deepscope.maps.reduce_channels` (``"sum"``) and a diverging colour
-map. The relevance starts as ``output * d score / d output``, which for a class target is the target logit
-alone. A model whose structure LRP cannot follow raises :class:`~deepscope.errors.UnsupportedModelError`:
-a layer with its own ``forward``, a sigmoid/softmax module outside a squeeze-excitation block, or anything
-in the ``forward`` code without a rule (a product of activations, layer normalisation, ...), never a
-silently different answer.
+Differs from the protocol: the map is the relevance itself (N, C, H, W), signed, in logit units. Summed
+over channels and pixels it is the target logit less what the biases (and stabilisers) absorb: the logit
+itself for a bias-free ReLU network with ``epsilon=0``, far from it for a network whose biases (BatchNorm
+shifts) carry much of the logit. Display it reduced with :func:`deepscope.maps.reduce_channels` (``"sum"``,
+keeping the sign) and a diverging colour map centred on 0. The relevance starts as
+``output * d score / d output``: for a class target, the target logit alone. A model whose structure LRP
+cannot follow raises :class:`~deepscope.errors.UnsupportedModelError` -- a layer with its own ``forward``, a
+sigmoid or softmax module outside a squeeze-excitation block, anything in the ``forward`` code without a
+rule (a product of activations, layer normalisation, ...) -- never a silently different answer.
 
 Differs from the papers: the rules follow zennit 0.5.1's formulas (see :mod:`.rules`), and the defaults are
-zennit's (``epsilon=1e-6``, ``gamma=0.25``, stabiliser 1e-6); a larger ``epsilon`` (about 0.25 of the
-typical activation) gives the sparser maps Montavon et al. recommend for the upper layers.
+zennit's (``epsilon=1e-6``, ``gamma=0.25``, stabiliser 1e-6); a larger ``epsilon`` absorbs weak and
+contradictory relevance and gives sparser, less noisy maps (Montavon et al. 2019).
 
-LRP is patented (Fraunhofer HHI); as the README of the LXT library puts it, it may be used free of charge
-for personal and scientific purposes only. Commercial use needs a licence from the patent holder.
+LRP is patented. As the README of LXT (a library by LRP's authors) puts it, it can be used free of charge
+for personal and scientific purposes only; other use may need a licence from the patent holder.
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ class _Plan:
     pools: list[nn.Module]
 
 
+def _number(option: str, value, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        raise DeepscopeError(f"{option} must be a number {'> 0' if positive else '>= 0'}, got {value!r}.")
+    return float(value)
+
+
 class LRP(Attribution):
     """Layer-wise Relevance Propagation with a composite of rules (see the module docstring).
 
@@ -125,12 +132,9 @@ class LRP(Attribution):
         if composite not in COMPOSITES:
             raise DeepscopeError(f"unknown LRP composite {composite!r}; choose one of {', '.join(COMPOSITES)}."
                                  f"{did_you_mean(str(composite), COMPOSITES)}")
-        for option, value, smallest in (("epsilon", epsilon, 0.0), ("gamma", gamma, 0.0), ("stabilizer", stabilizer, None)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (smallest is None and value <= 0):
-                bound = "> 0" if smallest is None else ">= 0"
-                raise DeepscopeError(f"{option} must be a number {bound}, got {value!r}.")
         self.composite = composite
-        self.epsilon, self.gamma, self.stabilizer = float(epsilon), float(gamma), float(stabilizer)
+        self.epsilon, self.gamma = _number("epsilon", epsilon), _number("gamma", gamma)
+        self.stabilizer = _number("stabilizer", stabilizer, positive=True)
         self.rules = dict(rules or {})
         for layer, rule in self.rules.items():
             if rule not in RULES:
@@ -140,11 +144,8 @@ class LRP(Attribution):
             if not isinstance(module, (*CONV_TYPES, nn.Linear)):
                 raise DeepscopeError(f"rules apply to convolution and nn.Linear layers; {layer!r} is a "
                                      f"{type(module).__name__}.")
-        if canonizers == "auto":
-            canonizers = CANONIZERS
-        elif isinstance(canonizers, str):
-            canonizers = [canonizers]
-        self.canonizers = tuple(canonizers)
+        self.canonizers = tuple(CANONIZERS if canonizers == "auto" else
+                                [canonizers] if isinstance(canonizers, str) else canonizers)
         for canonizer in self.canonizers:
             if canonizer not in CANONIZERS:
                 raise DeepscopeError(f"unknown canonizer {canonizer!r}; choose from {', '.join(CANONIZERS)} or "

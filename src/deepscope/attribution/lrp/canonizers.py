@@ -110,7 +110,7 @@ class _InPlaceSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, stabilizer):
-        ctx.operands = (a.clone(), b)
+        ctx.save_for_backward(a.clone(), b)  # a as it was before the sum
         ctx.stabilizer = stabilizer
         a.add_(b)
         ctx.mark_dirty(a)
@@ -118,7 +118,7 @@ class _InPlaceSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, relevance):
-        return (*sum_backward(ctx.stabilizer)(ctx.operands, relevance), None)
+        return (*sum_backward(ctx.stabilizer)(ctx.saved_tensors, relevance), None)
 
 
 def function_rules(canonizers: set[str], stabilizer: float):
