@@ -180,11 +180,25 @@ def calibrated(name: str, **kwargs) -> nn.Module:
     return model.eval()
 
 
-def test_lrp_zero_equals_gradient_times_input_on_a_relu_resnet():
-    """Ancona et al. 2018: LRP-0 on a ReLU network is gradient x input; holds through merged BatchNorm,
-    residual sums, max and average pooling."""
-    model = calibrated("resnet18").double()
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+def timm_mobilenet_v2_relu() -> nn.Module:
+    """timm's MobileNet-V2 (BatchNormAct2d, timm's residual blocks) with ReLU, as ``calibrated`` does it."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv2_050", pretrained=False, act_layer=nn.ReLU, num_classes=10)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 64, 64))
+    return model.eval()
+
+
+@pytest.mark.parametrize("build", [lambda: calibrated("resnet18"), timm_mobilenet_v2_relu], ids=["resnet18", "timm"])
+def test_lrp_zero_equals_gradient_times_input_on_relu_networks(build):
+    """Ancona et al. 2018: LRP-0 on a ReLU network is gradient x input; holds through merged BatchNorm (also
+    timm's BatchNormAct2d), residual sums (torchvision's in-place ``+=``, timm's blocks), max and average pooling."""
+    model = build().double()
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
     lrp = LRP(model, rules=all_rules(model, "epsilon"), epsilon=0.0, stabilizer=1e-15)(x, [3, 4])
     expected = Gradient(model, absolute=False)(x, [3, 4]) * x
     assert float((lrp - expected).abs().max() / expected.abs().max()) < 1e-9
@@ -203,7 +217,7 @@ def torchvision_model(request):
 
 @pytest.mark.parametrize("composite", COMPOSITES)
 def test_matches_zennit_on_torchvision_models(torchvision_model, composite):
-    size = 32 if isinstance(torchvision_model, torchvision.models.VGG) else 64  # VGG-16 is the slowest of the three
+    size = 32 if isinstance(torchvision_model, torchvision.models.VGG) else 48  # VGG-16 is the slowest of the three
     low, high = torch.full((1, 3, 1, 1), -2.2), torch.full((1, 3, 1, 1), 2.7)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2)).clamp(-2.2, 2.7)  # within the box
     before = model_fingerprint(torchvision_model)
@@ -217,12 +231,11 @@ def test_matches_zennit_on_torchvision_models(torchvision_model, composite):
 @pytest.mark.parametrize("composite", COMPOSITES)
 def test_matches_zennit_on_the_imported_mobilenet_v2(mobilenet_v2_import, composite):
     model, preprocess = mobilenet_v2_import.model, mobilenet_v2_import.preprocess
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
-    ours = LRP(model, composite, preprocess=preprocess)(x, [1, 2])
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (preprocess.mean, preprocess.std))
-    low, high = -mean / std, (1 - mean) / std
-    target = [1, 2]
-    theirs = zennit_reference.zennit_lrp(model, x, target, zennit_reference.composite(composite, model, low, high))
+    low, high = -mean / std, (1 - mean) / std  # what LRP takes from preprocess
+    x = torch.max(torch.min(torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(3)), high), low)
+    ours = LRP(model, composite, preprocess=preprocess)(x, [1, 2])
+    theirs = zennit_reference.zennit_lrp(model, x, [1, 2], zennit_reference.composite(composite, model, low, high))
     assert relative_difference(ours, theirs) <= 1e-4
 
 

@@ -5,8 +5,9 @@ from deepscope.attribution.cam import CAM, GradCAM, GradCAMPlusPlus, GuidedGradC
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.attribution.integrated_gradients import IntegratedGradients
+from deepscope.attribution.lrp import LRP
 from deepscope.attribution.occlusion import Occlusion
 from deepscope.attribution.smoothgrad import SmoothGrad
 
 __all__ = ["Attribution", "CAM", "GradCAM", "GradCAMPlusPlus", "Gradient", "GuidedBackprop", "GuidedGradCAM",
-           "IntegratedGradients", "LayerCAM", "Occlusion", "ScoreCAM", "SmoothGrad"]
+           "IntegratedGradients", "LRP", "LayerCAM", "Occlusion", "ScoreCAM", "SmoothGrad"]
