@@ -19,7 +19,6 @@ from deepscope.attribution.lrp.rules import RULES, Affine
 from deepscope.errors import DeepscopeError, LayerNotFoundError, TargetError, UnsupportedModelError
 from deepscope.models.tflite import Conv2dSame
 
-zennit_reference = pytest.importorskip("zennit_reference")
 COMPOSITES = ("epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1")
 EPS = 1e-6
 
@@ -168,29 +167,27 @@ def test_squeeze_excitation_gate_is_a_constant_weight():
     assert "2.fc1" not in LRP(model).layer_rules()                       # the gate's own convolutions get no rule
 
 
-def calibrated(name: str, **kwargs) -> nn.Module:
-    """A torchvision architecture with seeded random weights and BatchNorm statistics of a random batch."""
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None, **kwargs)
+def calibrate(model: nn.Module, size: int = 64) -> nn.Module:
+    """``model`` in eval mode with the BatchNorm statistics of a random batch (activations of a sane scale)."""
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # running statistics = those of the calibration batch
     with torch.no_grad():
-        model.train()(torch.randn(8, 3, 64, 64))
+        model.train()(torch.randn(8, 3, size, size))
     return model.eval()
+
+
+def calibrated(name: str) -> nn.Module:
+    """A torchvision architecture with seeded random weights, calibrated."""
+    torch.manual_seed(0)
+    return calibrate(getattr(torchvision.models, name)(weights=None))
 
 
 def timm_mobilenet_v2_relu() -> nn.Module:
-    """timm's MobileNet-V2 (BatchNormAct2d, timm's residual blocks) with ReLU, as ``calibrated`` does it."""
+    """timm's MobileNet-V2 (BatchNormAct2d, timm's residual blocks) with ReLU, calibrated."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.create_model("mobilenetv2_050", pretrained=False, act_layer=nn.ReLU, num_classes=10)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    with torch.no_grad():
-        model.train()(torch.randn(8, 3, 64, 64))
-    return model.eval()
+    return calibrate(timm.create_model("mobilenetv2_050", pretrained=False, act_layer=nn.ReLU, num_classes=10))
 
 
 @pytest.mark.parametrize("build", [lambda: calibrated("resnet18"), timm_mobilenet_v2_relu], ids=["resnet18", "timm"])
@@ -206,6 +203,15 @@ def test_lrp_zero_equals_gradient_times_input_on_relu_networks(build):
 
 # -- zennit 0.5.1 on real architectures ------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def zennit_reference():
+    """zennit 0.5.1 with the canonizers it lacks (tests/zennit_reference.py)."""
+    pytest.importorskip("zennit")
+    import zennit_reference
+
+    return zennit_reference
+
+
 def relative_difference(ours, theirs) -> float:
     return float((ours - theirs).abs().max() / theirs.abs().max())
 
@@ -216,7 +222,7 @@ def torchvision_model(request):
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
-def test_matches_zennit_on_torchvision_models(torchvision_model, composite):
+def test_matches_zennit_on_torchvision_models(torchvision_model, composite, zennit_reference):
     size = 32 if isinstance(torchvision_model, torchvision.models.VGG) else 48  # VGG-16 is the slowest of the three
     low, high = torch.full((1, 3, 1, 1), -2.2), torch.full((1, 3, 1, 1), 2.7)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2)).clamp(-2.2, 2.7)  # within the box
@@ -229,7 +235,7 @@ def test_matches_zennit_on_torchvision_models(torchvision_model, composite):
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
-def test_matches_zennit_on_the_imported_mobilenet_v2(mobilenet_v2_import, composite):
+def test_matches_zennit_on_the_imported_mobilenet_v2(mobilenet_v2_import, composite, zennit_reference):
     model, preprocess = mobilenet_v2_import.model, mobilenet_v2_import.preprocess
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (preprocess.mean, preprocess.std))
     low, high = -mean / std, (1 - mean) / std  # what LRP takes from preprocess
@@ -284,18 +290,12 @@ def test_concatenation_and_unmerged_batch_norm_by_hand():
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
-def test_matches_zennit_assembled_for_densenet(composite):
+def test_matches_zennit_assembled_for_densenet(composite, zennit_reference):
     """zennit has no DenseNet canonizer (zennit issue 165); assembled from its parts, it agrees (float64:
     a random DenseNet's unmerged BatchNorms make float32 rounding differences grow to ~1e-3)."""
     torch.manual_seed(0)
-    model = torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
-                                        num_classes=5)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    with torch.no_grad():
-        model.train()(torch.randn(8, 3, 32, 32))
-    model = model.eval().double()
+    model = calibrate(torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16,
+                                                  bn_size=2, num_classes=5), size=32).double()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     low, high = torch.full((1, 3, 1, 1), -3.0, dtype=torch.float64), torch.full((1, 3, 1, 1), 3.0, dtype=torch.float64)
     ours = LRP(model, composite, low=low, high=high)(x, [1, 2])

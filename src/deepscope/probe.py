@@ -288,7 +288,8 @@ def attach_backward(output: torch.Tensor, inputs: Sequence[torch.Tensor], backwa
 
     ``backward(inputs, grad_output)`` returns one gradient (or None) per input; ``inputs`` are saved for it,
     so an in-place change to one of them afterwards makes the backward pass raise instead of computing with
-    changed values. The returned tensor is ``output`` itself (no copy) unless ``output`` is a view.
+    changed values. The returned tensor is ``output`` itself (no copy) unless ``output`` is a view or already
+    part of a graph.
     """
     if output._is_view() or output.requires_grad:
         output = output.detach().clone()
