@@ -34,7 +34,6 @@ from deepscope.models.tflite import Conv2dSame
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PLAIN_FORWARDS = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward, Conv2dSame.forward, nn.Linear.forward}
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def ratio(relevance: torch.Tensor, z: torch.Tensor, eps: float, sign: str = "") -> torch.Tensor:
@@ -263,7 +262,6 @@ def zbox_rule(layer: Affine, x: torch.Tensor, relevance: torch.Tensor, *, low: t
     return result.sub_(low * layer.backward(scaled, wp, x)).sub_(high * layer.backward(scaled, wn, x))
 
 
-AffineRule = Callable[[Affine, torch.Tensor, torch.Tensor], torch.Tensor]
 #: The rules for affine layers, by the names LRP's ``rules`` option accepts.
 RULES: dict[str, Callable[..., torch.Tensor]] = {
     "epsilon": epsilon_rule, "gamma": gamma_rule, "z-plus": zplus_rule, "alpha-beta": alpha_beta_rule,
