@@ -212,13 +212,13 @@ def test_cone_through_a_resnet_shortcut_equals_full_forward_passes():
 def test_every_row_says_why():
     for row in ELEMENTWISE:
         assert row.types and row.local in (LOCAL, STATISTICS, GLOBAL) and len(row.why) > 20, row.what
-        assert row.guided in (None, "guided", "refused", "plain")
+        assert row.guided in (None, "guided", "refused", "plain") and row.lrp in (None, "pass", "refused")
 
 
 def test_the_table_covers_every_activation_guided_backprop_refuses():
     assert set(GUIDED_TYPES) == {nn.ReLU, nn.ReLU6}
     assert {nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.LeakyReLU, nn.ELU, nn.PReLU, nn.SELU,
-            nn.CELU, nn.Softplus, nn.Tanh} == set(UNGUIDABLE_TYPES)
+            nn.CELU, nn.Softplus, nn.Tanh, nn.RReLU, nn.Softsign} == set(UNGUIDABLE_TYPES)
     for activation in UNGUIDABLE_TYPES:
         module = activation()
         row = elementwise(module)
@@ -237,3 +237,13 @@ def test_locality_by_hand():
     assert is_local(nn.Identity()) and is_local(nn.LocalResponseNorm(2))
     assert not is_local(nn.GroupNorm(1, 4)) and not is_local(nn.LayerNorm(4)) and not is_local(nn.Conv2d(3, 3, 1))
     assert elementwise(nn.LayerNorm(4)).local == GLOBAL and elementwise(nn.Conv2d(3, 3, 1)) is None
+
+
+def test_lrp_reads_its_activation_rules_from_the_table():
+    from deepscope.attribution.lrp.canonizers import PASS_ACTIVATIONS, REFUSED_ACTIVATIONS
+
+    assert {nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU, nn.LeakyReLU} <= set(PASS_ACTIVATIONS)
+    assert {nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.Softmax} <= set(REFUSED_ACTIVATIONS)
+    assert not set(PASS_ACTIVATIONS) & set(REFUSED_ACTIVATIONS)
+    for activation in PASS_ACTIVATIONS:  # every activation LRP passes through is local: a function of each element
+        assert elementwise(activation()).local == LOCAL

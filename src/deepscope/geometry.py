@@ -196,7 +196,10 @@ class Elementwise:
 
     ``local`` is :data:`LOCAL`, :data:`STATISTICS` or :data:`GLOBAL`; ``eval_only``: local only in eval
     mode; ``guided``: what guided backprop does at such an activation -- ``"guided"`` (its rule),
-    ``"refused"`` (the model is refused), ``"plain"`` (its plain gradient passes), ``None`` (not an activation).
+    ``"refused"`` (the model is refused), ``"plain"`` (its plain gradient passes), ``None`` (not an activation);
+    ``lrp``: what LRP does at it -- ``"pass"`` (relevance passes unchanged: exact for the piecewise-linear
+    activations, the identity rule of Achtibat et al. 2024 for the smooth ones), ``"refused"`` (no rule: the
+    output is not 0 at 0, a gate or a probability), ``None`` (not an activation; LRP's canonizers decide).
     Types given as ``"package.module:Name"`` are recognised once their package has been imported.
     """
 
@@ -206,6 +209,7 @@ class Elementwise:
     why: str
     eval_only: bool = False
     guided: str | None = None
+    lrp: str | None = None
 
     def classes(self) -> tuple[type, ...]:
         """The row's types that are loaded."""
@@ -225,20 +229,27 @@ ELEMENTWISE: tuple[Elementwise, ...] = (
     Elementwise("dropout", (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                             nn.FeatureAlphaDropout), LOCAL,
                 "the identity in eval mode; in training mode a random mask", eval_only=True),
-    Elementwise("ReLU", (nn.ReLU, nn.ReLU6), LOCAL, "a function of each element", guided="guided"),
+    Elementwise("ReLU", (nn.ReLU, nn.ReLU6), LOCAL, "a function of each element", guided="guided", lrp="pass"),
     Elementwise("sigmoid", (nn.Sigmoid,), LOCAL,
                 "a function of each element; guided backprop passes its plain gradient: in a ReLU network "
                 "it is a gate (squeeze-excitation) or the output's squashing, not a feature activation",
-                guided="plain"),
+                guided="plain", lrp="refused"),
     Elementwise("hard tanh", (nn.Hardtanh,), LOCAL,
                 "a function of each element; guided backprop passes its plain gradient: a clip (its subclass "
-                "ReLU6 is guided)", guided="plain"),
-    Elementwise("smooth and leaky activations", (nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish,
-                                                 nn.LeakyReLU, nn.ELU, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus,
-                                                 nn.Tanh), LOCAL,
+                "ReLU6 is guided)", guided="plain", lrp="pass"),
+    Elementwise("smooth and leaky activations", (nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.LeakyReLU, nn.ELU,
+                                                 nn.PReLU, nn.RReLU, nn.SELU, nn.CELU, nn.Tanh, nn.Softsign), LOCAL,
                 "a function of each element (PReLU: with a slope per channel); guided backprop refuses them: its "
                 "rule is defined at ReLUs, and passing negative inputs or gradients would give a silently "
-                "different map", guided="refused"),
+                "different map", guided="refused", lrp="pass"),
+    Elementwise("hard sigmoid and softplus", (nn.Hardsigmoid, nn.Softplus), LOCAL,
+                "a function of each element that is not 0 at 0 (a gate, a soft positive part); guided backprop "
+                "refuses them as it refuses smooth activations", guided="refused", lrp="refused"),
+    Elementwise("other element-wise functions", (nn.LogSigmoid, nn.Threshold, nn.Tanhshrink, nn.Softshrink,
+                                                 nn.Hardshrink), LOCAL,
+                "a function of each element that is not 0 at 0 or not a feature activation", lrp="refused"),
+    Elementwise("softmax", (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d), GLOBAL,
+                "normalises over a whole dimension (classes or channels)", lrp="refused"),
     Elementwise("group and instance norm", (nn.GroupNorm, nn.InstanceNorm2d), STATISTICS,
                 "each position is normalised with a mean and variance over all positions of the map"),
     Elementwise("squeeze-excitation", ("torchvision.ops:SqueezeExcitation", "timm.layers:SqueezeExcite",
@@ -262,9 +273,11 @@ def is_local(module: nn.Module) -> bool:
     return row is not None and row.local == LOCAL and not (row.eval_only and module.training)
 
 
-def activation_types(guided: str) -> tuple[type, ...]:
+def activation_types(guided: str | None = None, *, lrp: str | None = None) -> tuple[type, ...]:
     """The activation types that guided backprop treats as ``guided`` says (``"guided"``, ``"refused"``,
-    ``"plain"``)."""
+    ``"plain"``), or that LRP treats as ``lrp`` says (``"pass"``, ``"refused"``)."""
+    if lrp is not None:
+        return tuple(t for row in ELEMENTWISE if row.lrp == lrp for t in row.classes())
     return tuple(t for row in ELEMENTWISE if row.guided == guided for t in row.classes())
 
 

@@ -55,6 +55,7 @@ from deepscope.attribution.lrp.canonizers import (AVERAGE_POOLS, BATCH_NORMS, CA
 from deepscope.attribution.lrp.rules import (CONV_TYPES, RULES, Affine, check_affine, check_batch_norm,
                                              pass_through, proportional)
 from deepscope.errors import DeepscopeError, UnsupportedModelError, did_you_mean
+from deepscope.maps import Display
 from deepscope.probe import Probe, fast_layout, get_layer
 from deepscope.targets import Target, resolve_target, target_scores
 
@@ -123,6 +124,8 @@ class LRP(Attribution):
 
     name = "lrp"
     per_channel = True
+    #: signed relevance, summed over colour channels (what adds up to the logit)
+    display = Display("sum", signed=True)
 
     def __init__(self, model: nn.Module, composite: str = "epsilon-plus-flat", *, epsilon: float = 1e-6,
                  gamma: float = 0.25, stabilizer: float = 1e-6, rules: Mapping[str, str] | None = None,

@@ -45,20 +45,15 @@ from torch import nn
 
 from deepscope.attribution.lrp.rules import pass_through, proportional, ratio
 from deepscope.errors import UnsupportedModelError
+from deepscope.geometry import activation_types
 from deepscope.probe import AttachedBackward, attach_backward
 
 CANONIZERS = ("merge-batchnorm", "residual-sum", "functional-pool", "functional-activation", "squeeze-excitation")
 
-#: Activations that pass relevance unchanged. Exact for the piecewise-linear ones (the output is the
-#: input or a fixed share of it); for the smooth ones (SiLU, GELU, Hardswish, Mish, ELU, Tanh, ...) this is
-#: the identity rule of Achtibat et al. 2024 (AttnLRP), also what zennit's composites do.
-PASS_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.SiLU, nn.GELU,
-                    nn.Hardswish, nn.Mish, nn.ELU, nn.CELU, nn.SELU, nn.Tanh, nn.Softsign)
-#: Activations with no LRP rule: their output is not 0 at 0 (a gate or a probability), so relevance
-#: proportional to it is meaningless outside a gating structure LRP knows (squeeze-excitation).
-REFUSED_ACTIVATIONS = (nn.Sigmoid, nn.Hardsigmoid, nn.LogSigmoid, nn.Softplus, nn.Softmax, nn.Softmin,
-                       nn.LogSoftmax, nn.Softmax2d, nn.Threshold, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink,
-                       nn.MultiheadAttention)
+#: Activations that pass relevance unchanged, and activations with no LRP rule: the ``lrp`` column of the one
+#: table of element-wise modules (:data:`deepscope.geometry.ELEMENTWISE`), which says why for each.
+PASS_ACTIVATIONS = activation_types(lrp="pass")
+REFUSED_ACTIVATIONS = (*activation_types(lrp="refused"), nn.MultiheadAttention)
 AVERAGE_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                  nn.AdaptiveAvgPool3d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
