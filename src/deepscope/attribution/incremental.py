@@ -99,7 +99,8 @@ class Segment:
     """The layers from the previous cut (or the input) to the cut ``name``; per axis (rows, columns).
 
     ``stride`` and ``reach`` are in positions of the previous cut; ``box`` positions at this cut are
-    recomputed per image from a ``crop`` of the previous cut's positions.
+    recomputed per image from a ``crop`` of the previous cut's positions. Where ``thresholded``, the box
+    is smaller than the positions the change reaches (approximate, see :meth:`ConePlan.build`).
     """
 
     name: str
@@ -109,6 +110,7 @@ class Segment:
     out_size: Pair
     box: Pair
     crop: Pair
+    thresholded: tuple[bool, bool] = (False, False)
 
     @property
     def crop_fraction(self) -> float:
@@ -139,13 +141,19 @@ class ConePlan:
     segments: tuple[Segment, ...]
 
     @classmethod
-    def build(cls, stages: list[Stage], out_sizes: dict[str, Pair], size: Pair, window: Pair) -> "ConePlan":
-        """The longest chain through ``stages`` whose sizes divide evenly (it may be empty)."""
+    def build(cls, stages: list[Stage], out_sizes: dict[str, Pair], size: Pair, window: Pair,
+              tau: float | None = None) -> "ConePlan":
+        """The longest chain through ``stages`` whose sizes divide evenly (it may be empty).
+
+        With ``tau`` (projective-field thresholding, Krypton): at every cut the box is at most
+        ``ceil(tau * length)`` positions of the map's length, centred on the positions the change reaches;
+        changes outside it are dropped, so the plan is approximate wherever the cap bites.
+        """
         segments = []
         previous_stride, previous_reach, in_size, changed = (1, 1), ((0, 0), (0, 0)), tuple(size), tuple(window)
         for stage in stages:
             out_size = tuple(out_sizes[stage.name])
-            stride, reach, box, crop = [], [], [], []
+            stride, reach, box, crop, thresholded = [], [], [], [], []
             for axis in range(2):
                 if stage.stride[axis] % previous_stride[axis]:
                     break
@@ -158,6 +166,9 @@ class ConePlan:
                 before //= previous_stride[axis]
                 after //= previous_stride[axis]
                 b = min(out_size[axis], _box_length(changed[axis], s, before, after))
+                cap = b if tau is None else max(1, math.ceil(tau * out_size[axis]))
+                thresholded.append(cap < b)
+                b = min(b, cap)
                 stride.append(s)
                 reach.append((before, after))
                 box.append(b)
@@ -165,7 +176,7 @@ class ConePlan:
             if len(box) < 2:
                 break
             segments.append(Segment(stage.name, tuple(stride), tuple(reach), in_size, out_size, tuple(box),
-                                    tuple(crop)))
+                                    tuple(crop), tuple(thresholded)))
             previous_stride, previous_reach, in_size, changed = stage.stride, stage.reach, out_size, tuple(box)
         return cls(tuple(size), tuple(window), tuple(segments))
 
@@ -184,19 +195,24 @@ class ConePlan:
     def place(self, starts: torch.Tensor) -> Placement:
         """Boxes and crop origins for changed boxes whose top-left input pixels are ``starts`` (B, 2)."""
         boxes, origins = [], []
-        start = starts.long()
+        start, length = starts.long(), torch.tensor(self.window, device=starts.device)
         for segment in self.segments:
             stride, out, inn = (torch.tensor(v, device=start.device) for v in
                                 (segment.stride, segment.out_size, segment.in_size))
             before = torch.tensor([r[0] for r in segment.reach], device=start.device)
             after = torch.tensor([r[1] for r in segment.reach], device=start.device)
             box_len, crop = (torch.tensor(v, device=start.device) for v in (segment.box, segment.crop))
-            box = torch.minimum((-((after - start).div(stride, rounding_mode="floor"))).clamp_min(0), out - box_len)
+            first = (-((after - start).div(stride, rounding_mode="floor"))).clamp_min(0)
+            if any(segment.thresholded):  # centre the capped box on the positions the change reaches
+                last = (start + length - 1 + before).div(stride, rounding_mode="floor").minimum(out - 1)
+                centred = (first + last - box_len + 1).div(2, rounding_mode="floor").clamp_min(0)
+                first = torch.where(torch.tensor(segment.thresholded, device=start.device), centred, first)
+            box = torch.minimum(first, out - box_len)
             aligned_before = -((-before).div(stride, rounding_mode="floor")) * stride
             origin = torch.minimum((box * stride - aligned_before).clamp_min(0), inn - crop)
             boxes.append(box)
             origins.append(origin)
-            start = box
+            start, length = box, box_len
         return Placement(boxes, origins)
 
 

@@ -18,10 +18,34 @@ stage named by ``incremental="features.6"``. Before it is used, a few windows ar
 forward passes; on a mismatch (a model whose forward is not a chain through its stages, a global
 operation hidden in a block's ``forward``) the method warns and falls back to full forward passes.
 The last cut used is stored in :attr:`cut_layer_` (``None``: full forward passes).
+
+Approximate occlusion (``approximate=tau``, opt-in, not exact)
+-------------------------------------------------------------
+Projective-field thresholding (Krypton, Nakandala et al., SIGMOD 2019): on top of the incremental path,
+the box of recomputed positions at each cut is capped at ``ceil(tau * length)`` of the map's length per
+axis, centred on the positions the window's change reaches (see
+:meth:`~deepscope.attribution.incremental.ConePlan.build`); the change outside it is dropped. Late layers,
+where an exact cone covers nearly the whole map, then run on small crops, and the chain of cuts can go
+deeper. ``tau=1`` caps nothing and gives the exact map.
+
+Each approximate map is checked against the exact one: the windows on every ``check``-th row and column
+of the window grid (about ``1 / check**2`` of them) are also computed by the exact incremental path, and
+:attr:`ssim_` holds, per image, the SSIM (signed maps, the exact map's range) between the maps the two
+give from those windows, each window widened to the sub-grid's stride so that the maps have no gaps
+(with ``check=1``: the SSIM of the whole maps). A warning names the images whose SSIM is below 0.9.
+``check=0`` skips the check (``ssim_`` is then ``None``, as it is for exact maps); where the threshold
+caps no box, the map is exact and ``ssim_`` is 1 without a check.
+
+How much thresholding saves and costs depends on the network. On the imported MobileNet-V2 (224 px, 16 px
+windows) the exact path already crops everything before the 14x14 maps; what remains is the 14x14 and
+7x7 blocks, whose exact cones cover the whole map. Capping them saves time (``tau=0.5``: about 1.7x
+faster than the exact path, ``tau=0.3``: about 2.3x) but drops changes that the global average pooling
+sums, and the SSIM falls to 0.3-0.7; :data:`DEFAULT_TAU` keeps it above 0.9 by capping nothing there.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -38,6 +62,12 @@ from deepscope.targets import Target, repeat_target, resolve_target, target_scor
 
 BASELINES = ("zero", "mean", "blur")
 SCORES = ("logit", "probability")
+#: approximate maps whose checked SSIM against the exact map is lower get a warning
+MIN_SSIM = 0.9
+#: the projective-field threshold of ``approximate=True``: the smallest that keeps the SSIM of the imported
+#: MobileNet-V2's maps (16 px windows, in20 photos) above 0.9 -- which on that model caps nothing: every cap
+#: of its 7x7 maps drops changes its global average pooling sums (tau 0.75: SSIM 0.6-0.7, tau 0.5: 0.3-0.5)
+DEFAULT_TAU = 0.9
 
 class Occlusion(Attribution):
     """Occlusion map, see the module docstring.
@@ -59,6 +89,19 @@ class Occlusion(Attribution):
         the chain of cuts there. ``False``: a full forward pass per window.
     progress : bool
         Progress bar over window batches.
+    approximate : float in (0, 1], True or None
+        Projective-field threshold ``tau`` of approximate occlusion (see above); ``True``: :data:`DEFAULT_TAU`;
+        ``None`` or ``False``: the exact map.
+    check : int
+        Approximate maps only: every ``check``-th row and column of windows is also computed exactly to
+        report :attr:`ssim_`; 0 skips the check.
+
+    Attributes
+    ----------
+    cut_layer_ : str or None
+        The last cut of the incremental path in the last call (``None``: full forward passes).
+    ssim_ : (N,) tensor or None
+        Approximate maps: each map's SSIM against the exact map on the checked windows.
     """
 
     name = "occlusion"
@@ -66,7 +109,8 @@ class Occlusion(Attribution):
     display = Display(signed=True)
 
     def __init__(self, model: nn.Module, window=16, stride=8, baseline: str | float = "zero",
-                 score: str = "logit", batch_size: int = 64, incremental: bool | str = True, progress: bool = False):
+                 score: str = "logit", batch_size: int = 64, incremental: bool | str = True, progress: bool = False,
+                 approximate: float | bool | None = None, check: int = 4):
         super().__init__(model)
         self.window, self.stride = pair(window), pair(stride)
         if min(self.window) < 1 or min(self.stride) < 1:
@@ -77,6 +121,16 @@ class Occlusion(Attribution):
             raise DeepscopeError(f"unknown occlusion score {score!r}; use logit or probability.")
         if batch_size < 1:
             raise DeepscopeError(f"batch_size must be positive, got {batch_size}.")
+        approximate = {True: DEFAULT_TAU, False: None}.get(approximate, approximate) \
+            if isinstance(approximate, bool) else approximate
+        if approximate is not None and not (isinstance(approximate, (int, float)) and 0 < approximate <= 1):
+            raise DeepscopeError(f"approximate (the projective-field threshold tau) must be in (0, 1], got "
+                                 f"{approximate!r}; use None for the exact map.")
+        if approximate is not None and incremental is False:
+            raise DeepscopeError("approximate occlusion thresholds the incremental path; use incremental=True "
+                                 "(or a stage name) with approximate, or approximate=None.")
+        if not isinstance(check, int) or check < 0:
+            raise DeepscopeError(f"check must be a whole number >= 0 (0: no exact check), got {check!r}.")
         if isinstance(incremental, str):
             local_stages(model, incremental)
         self.baseline = baseline
@@ -84,7 +138,10 @@ class Occlusion(Attribution):
         self.batch_size = batch_size
         self.incremental = incremental
         self.progress = progress
+        self.approximate = approximate
+        self.check = check
         self.cut_layer_: str | None = None
+        self.ssim_: torch.Tensor | None = None
 
     # -- the protocol ------------------------------------------------------------------------------------
     def _attribute(self, inputs: torch.Tensor, target: Target) -> torch.Tensor:
@@ -103,27 +160,62 @@ class Occlusion(Attribution):
             clean_scores = self._scores(clean, resolved)
             references = {name: value for name, value in probe.activations.items() if value.ndim == 4}
             runner = ConeRunner(probe, stages) if stages else None
-            plan = self._choose_plan(probe, runner, stages, costs, references, inputs, baselines, starts) \
-                if stages else None
+            chosen = [probe, runner, stages, costs, references, inputs, baselines, starts]
+            exact = plan = self._choose_plan(*chosen) if stages else None
+            if plan and self.approximate is not None:
+                plan = self._choose_plan(*chosen, tau=self.approximate) or exact
             self.cut_layer_ = plan.last if plan else None
-            if plan:  # only the plan's cuts are pasted into
-                references = {segment.name: references[segment.name] for segment in plan.segments}
-            drops = inputs.new_empty(n, len(positions))
-            bar = tqdm(total=n * len(positions), desc="occlusion", unit="window", disable=not self.progress,
-                       leave=False)
-            for i in range(n):
-                if plan:
-                    runner.set_reference({name: value[i:i + 1] for name, value in references.items()})
-                sample_target = _index(resolved, i)
-                for start in range(0, len(positions), self.batch_size):
-                    chunk = starts[start:start + self.batch_size]
-                    output = self._occluded_output(probe, runner, plan, inputs[i], baselines[i], chunk)
-                    scores = self._scores(output, repeat_target(sample_target, len(chunk)))
-                    drops[i, start:start + len(chunk)] = clean_scores[i] - scores
-                    probe.activations.clear()  # captured stages are needed only for the clean pass
-                    bar.update(len(chunk))
+            capped = plan is not None and any(any(segment.thresholded) for segment in plan.segments)
+            checked, step = self._checked_windows(len(positions), (height, width)) \
+                if capped and self.check else ([], 0)
+            bar = tqdm(total=n * (len(positions) + len(checked)), desc="occlusion", unit="window",
+                       disable=not self.progress, leave=False)
+            run = [probe, runner, references, inputs, baselines, resolved, clean_scores, bar]
+            drops = self._drops(plan, starts, *run)
+            # a plan that caps nothing is exact (its twin was checked against full passes)
+            self.ssim_ = inputs.new_ones(n) if self.approximate is not None and not capped and plan else None
+            if checked:  # the exact map from a sub-grid of windows, against the approximate one from the same
+                sub_stride = (self.stride[0] * step, self.stride[1] * step)
+                cell = (max(self.window[0], sub_stride[0]), max(self.window[1], sub_stride[1]))  # no gaps
+                truth = spread_windows(self._drops(exact, starts[checked], *run), (height, width), cell, sub_stride)
+                estimate = spread_windows(drops[:, checked].clone(), (height, width), cell, sub_stride)
+                self.ssim_ = map_ssim(estimate, truth)
+                low = [i for i, value in enumerate(self.ssim_.tolist()) if not value >= MIN_SSIM]
+                if low:
+                    warnings.warn(f"approximate occlusion (tau={self.approximate}): SSIM against the exact map on "
+                                  f"checked windows is below {MIN_SSIM} for image(s) {low} (lowest "
+                                  f"{float(self.ssim_.min()):.3f}); use a larger tau or approximate=None.",
+                                  stacklevel=3)
             bar.close()
         return spread_windows(drops.clone(), (height, width), self.window, self.stride)
+
+    def _drops(self, plan, starts, probe, runner, references, inputs, baselines, resolved, clean_scores, bar):
+        """(N, len(starts)) drops of the target score for windows at ``starts``, computed through ``plan``."""
+        drops = inputs.new_empty(len(inputs), len(starts))
+        if plan:  # only the plan's cuts are pasted into
+            references = {segment.name: references[segment.name] for segment in plan.segments}
+        for i in range(len(inputs)):
+            if plan:
+                runner.set_reference({name: value[i:i + 1] for name, value in references.items()})
+            sample_target = _index(resolved, i)
+            for start in range(0, len(starts), self.batch_size):
+                chunk = starts[start:start + self.batch_size]
+                output = self._occluded_output(probe, runner, plan, inputs[i], baselines[i], chunk)
+                scores = self._scores(output, repeat_target(sample_target, len(chunk)))
+                drops[i, start:start + len(chunk)] = clean_scores[i] - scores
+                probe.activations.clear()  # captured stages are needed only for the clean pass
+                bar.update(len(chunk))
+        return drops
+
+    def _checked_windows(self, count: int, size: tuple[int, int]) -> tuple[list[int], int]:
+        """Indices of the windows on every ``step``-th row and column of the grid, and ``step``: ``check``, or
+        less where the sub-grid would have fewer than 7 rows or columns."""
+        rows = (size[0] - self.window[0]) // self.stride[0] + 1
+        cols = count // rows
+        step = self.check
+        while step > 1 and min(math.ceil(rows / step), math.ceil(cols / step)) < 7:
+            step -= 1
+        return [r * cols + c for r in range(0, rows, step) for c in range(0, cols, step)], step
 
     def _occluded_output(self, probe, runner, plan, image, baseline, starts) -> torch.Tensor:
         """The model's output for ``image`` with a window at each of ``starts`` set to ``baseline``."""
@@ -147,24 +239,32 @@ class Occlusion(Attribution):
         return gaussian_blur(inputs, sigma=max(self.window) / 4)
 
     # -- incremental evaluation ------------------------------------------------------------------------
-    def _choose_plan(self, probe, runner, stages, costs, references, inputs, baselines, starts) -> ConePlan | None:
-        """The cheapest chain of cuts that reproduces full forward passes on a few windows (or None)."""
+    def _choose_plan(self, probe, runner, stages, costs, references, inputs, baselines, starts,
+                     tau: float | None = None) -> ConePlan | None:
+        """The cheapest chain of cuts that reproduces full forward passes on a few windows (or None).
+
+        With ``tau``, the chain is chosen by the cost of its approximate plan, checked through its exact twin,
+        and returned approximate.
+        """
         sizes = {name: tuple(value.shape[-2:]) for name, value in references.items()}
-        longest = ConePlan.build([s for s in stages if s.name in sizes], sizes, tuple(inputs.shape[-2:]), self.window)
+        usable, size = [s for s in stages if s.name in sizes], tuple(inputs.shape[-2:])
+        longest = ConePlan.build(usable, sizes, size, self.window)
         if not longest.segments:
             return None
+        chosen = longest if tau is None else ConePlan.build(usable, sizes, size, self.window, tau)
         if isinstance(self.incremental, str):
-            plans = [longest]
+            counts = [len(longest.segments)]
         else:
             channels = {name: value.shape[1] for name, value in references.items()}
-            totals = plan_costs(self.model, longest, costs, channels)
+            totals = plan_costs(self.model, chosen, costs, channels)
             full = sum(cost for _, cost in costs)
-            ranked = sorted((total, count) for count, total in enumerate(totals, start=1) if total < 0.9 * full)
-            plans = [longest.truncated(count) for _, count in ranked]
+            counts = [count for total, count in sorted((total, count) for count, total in enumerate(totals, start=1)
+                                                       if total < 0.9 * full)]
         failures = []
         runner.set_reference({name: value[:1] for name, value in references.items()})
         check = starts[[0, len(starts) // 2, len(starts) - 1]]
-        for plan in plans[:3]:
+        for count in counts[:3]:
+            plan = longest.truncated(count)
             try:
                 fast = self._occluded_output(probe, runner, plan, inputs[0], baselines[0], check)
                 pasted = runner.pasted[plan.last]
@@ -173,7 +273,7 @@ class Occlusion(Attribution):
                 # compare at the cut too: a global operation before it may barely move the outputs
                 if (torch.allclose(pasted, truth, rtol=1e-5, atol=1e-5 * float(truth.abs().max()))
                         and torch.allclose(fast, full, rtol=1e-4, atol=1e-4 * float(full.abs().max().clamp_min(1)))):
-                    return plan
+                    return chosen.truncated(count)
                 failures.append(f"at {plan.last}: crop results differ from full forward passes")
             except RuntimeError as error:  # the model is not a chain through the cuts (shapes differ)
                 failures.append(f"at {plan.last}: {str(error).splitlines()[0]}")
@@ -201,6 +301,19 @@ def spread_windows(values: torch.Tensor, size: tuple[int, int], window, stride) 
     count = F.conv_transpose2d(torch.ones_like(grid[:1]), kernel, stride=stride)
     pad = (0, size[1] - total.shape[-1], 0, size[0] - total.shape[-2])
     return F.pad(total / count.clamp_min(1), pad)
+
+
+def map_ssim(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """(N,) SSIM (Wang et al. 2004, scikit-image's, 7x7 window) of (N, 1, H, W) signed maps against reference maps,
+    with each reference map's range as the data range."""
+    from skimage.metrics import structural_similarity
+
+    values = []
+    for a, b in zip(maps[:, 0].double().cpu().numpy(), reference[:, 0].double().cpu().numpy()):
+        side = min(a.shape)
+        window = min(7, side if side % 2 else side - 1)
+        values.append(structural_similarity(a, b, win_size=window, data_range=max(float(b.max() - b.min()), 1e-12)))
+    return torch.tensor(values, dtype=maps.dtype, device=maps.device)
 
 
 def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
