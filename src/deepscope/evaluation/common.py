@@ -20,4 +20,12 @@ Explainer = Callable[[torch.Tensor, Target], torch.Tensor]
 #: How maps with several channels (gradients per colour channel) become one saliency map.
 DEFAULT_REDUCTION = "abs-max"
 
-__all__ = ["DEFAULT_REDUCTION", "Explainer", "saliency"]
+__all__ = ["DEFAULT_REDUCTION", "Explainer", "row_draws", "saliency"]
+
+
+def row_draws(generator: torch.Generator, count: int, like: torch.Tensor, kind: str = "normal") -> torch.Tensor:
+    """``count`` draws shaped like one sample of ``like`` (on its device and dtype), one call of ``generator``
+    per row, so row ``k`` is the same whatever batch it is drawn in: standard ``normal`` or ``uniform`` in [0, 1)."""
+    draw = torch.randn if kind == "normal" else torch.rand
+    return torch.stack([draw(like.shape[1:], generator=generator, device=like.device, dtype=like.dtype)
+                        for _ in range(count)])
