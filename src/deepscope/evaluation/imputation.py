@@ -12,8 +12,8 @@ SciPy and factorises it on the CPU for every image and percentage. Here all syst
 together on the input's device by conjugate gradients, preconditioned by one geometric multigrid V-cycle
 (damped-Jacobi smoothing, bilinear prolongation and its transpose as restriction, a removed-pixel mask
 coarsened to the cells whose children are all removed), in float64 (float32 for the preconditioner), to a
-relative residual of ``tolerance``: 10 to 30 iterations, whatever the image size or the share removed.
-Without noise, the imputed pixels match SciPy's direct solution to about 1e-7.
+relative residual of ``tolerance``: 10 to 20 iterations, whatever the image size or the share removed.
+Without noise, the imputed pixels match SciPy's direct solution to about 1e-6 (in model-input units).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ EDGE, CORNER = 1 / 6, 1 / 12
 
 
 def noisy_linear_imputation(inputs: torch.Tensor, removed: torch.Tensor, *, noise: float = 0.01,
-                            generator: torch.Generator | None = None, tolerance: float = 1e-8,
+                            generator: torch.Generator | None = None, tolerance: float = 1e-7,
                             max_iterations: int = 500) -> torch.Tensor:
     """``inputs`` with the ``removed`` pixels imputed from their neighbours, plus noise.
 
@@ -59,29 +59,42 @@ def noisy_linear_imputation(inputs: torch.Tensor, removed: torch.Tensor, *, nois
 
 def _neighbours(v: torch.Tensor) -> torch.Tensor:
     """The weighted sum of each pixel's eight neighbours (zero outside the image) of (B, 1, H, W) ``v``."""
-    h, w = v.shape[-2:]
-    p = F.pad(v, (1, 1, 1, 1))
-    edges = p[..., :h, 1:w + 1] + p[..., 2:, 1:w + 1] + p[..., 1:h + 1, :w] + p[..., 1:h + 1, 2:]
-    corners = p[..., :h, :w] + p[..., :h, 2:] + p[..., 2:, :w] + p[..., 2:, 2:]
-    return EDGE * edges + CORNER * corners
+    return _binomial(v).div_(12).sub_(v, alpha=1 / 3)
+
+
+def _binomial(v: torch.Tensor) -> torch.Tensor:
+    """``v`` filtered by [1, 2, 1] along both axes (zero outside): 12 times the neighbour weights, plus 4 times
+    the centre."""
+    vertical = v * 2
+    vertical[..., 1:, :] += v[..., :-1, :]
+    vertical[..., :-1, :] += v[..., 1:, :]
+    both = vertical * 2
+    both[..., 1:] += vertical[..., :-1]
+    both[..., :-1] += vertical[..., 1:]
+    return both
 
 
 class _Level:
-    """The system on one grid: ``A v = mask * (degree * v - neighbours(mask * v))`` on the removed pixels."""
+    """The system on one grid: ``A v = mask * (degree * v - neighbours(v))`` for ``v`` zero outside the mask."""
 
-    def __init__(self, mask: torch.Tensor):
+    def __init__(self, mask: torch.Tensor, degree: torch.Tensor | None = None):
         self.mask = mask
         self.size = tuple(mask.shape[-2:])
-        self.degree = _neighbours(torch.ones_like(mask[:1]))  # the weights of the neighbours inside the image
+        # the weights of the neighbours inside the image
+        self.degree = _neighbours(torch.ones_like(mask[:1])) if degree is None else degree
+        self.diagonal = self.degree + 1 / 3  # degree * v - neighbours(v) = diagonal * v - binomial(v) / 12
         self.jacobi = mask / self.degree
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
-        return self.mask * (self.degree * v - _neighbours(self.mask * v))
+        return _binomial(v).mul_(-1 / 12).addcmul_(self.diagonal, v).mul_(self.mask)
 
     def coarser(self) -> "_Level":
         h, w = self.size
         padded = F.pad(self.mask, (0, w % 2, 0, h % 2))
         return _Level(-F.max_pool2d(-padded, 2))  # a coarse cell is unknown when all its children are
+
+    def select(self, rows: torch.Tensor) -> "_Level":
+        return _Level(self.mask[rows], self.degree)
 
 
 def _multigrid(mask: torch.Tensor, smallest: int = 8) -> list[_Level]:
@@ -94,11 +107,10 @@ def _multigrid(mask: torch.Tensor, smallest: int = 8) -> list[_Level]:
 def _interpolate(coarse: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     """Bilinear doubling along ``dim`` (zero beyond the ends), cropped to ``size``."""
     n = coarse.shape[dim]
-    zero = torch.zeros_like(coarse.narrow(dim, 0, 1))
-    before = torch.cat([zero, coarse.narrow(dim, 0, n - 1)], dim)
-    after = torch.cat([coarse.narrow(dim, 1, n - 1), zero], dim)
-    fine = torch.stack([0.75 * coarse + 0.25 * before, 0.75 * coarse + 0.25 * after], dim + 1).flatten(dim, dim + 1)
-    return fine.narrow(dim, 0, size)
+    pairs = coarse.unsqueeze(dim + 1).expand(*coarse.shape[:dim + 1], 2, *coarse.shape[dim + 1:]) * 0.75
+    pairs.select(dim + 1, 0).narrow(dim, 1, n - 1).add_(coarse.narrow(dim, 0, n - 1), alpha=0.25)
+    pairs.select(dim + 1, 1).narrow(dim, 0, n - 1).add_(coarse.narrow(dim, 1, n - 1), alpha=0.25)
+    return pairs.flatten(dim, dim + 1).narrow(dim, 0, size)
 
 
 def _gather(fine: torch.Tensor, size: int, dim: int) -> torch.Tensor:
@@ -106,12 +118,12 @@ def _gather(fine: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     missing = 2 * size - fine.shape[dim]
     if missing:
         fine = torch.cat([fine, torch.zeros_like(fine.narrow(dim, 0, missing))], dim)
-    pairs = fine.unflatten(dim, (size, 2))
+    pairs = fine.reshape(*fine.shape[:dim], size, 2, *fine.shape[dim + 1:])
     even, odd = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
-    zero = torch.zeros_like(even.narrow(dim, 0, 1))
-    odd_before = torch.cat([zero, odd.narrow(dim, 0, size - 1)], dim)
-    even_after = torch.cat([even.narrow(dim, 1, size - 1), zero], dim)
-    return 0.75 * (even + odd) + 0.25 * (odd_before + even_after)
+    coarse = (even + odd).mul_(0.75)
+    coarse.narrow(dim, 1, size - 1).add_(odd.narrow(dim, 0, size - 1), alpha=0.25)
+    coarse.narrow(dim, 0, size - 1).add_(even.narrow(dim, 1, size - 1), alpha=0.25)
+    return coarse
 
 
 def _v_cycle(levels: list[_Level], residual: torch.Tensor, depth: int = 0, coarsest_sweeps: int = 20) -> torch.Tensor:
@@ -132,10 +144,15 @@ def _v_cycle(levels: list[_Level], residual: torch.Tensor, depth: int = 0, coars
 
 
 def _conjugate_gradients(mask: torch.Tensor, rhs: torch.Tensor, tolerance: float, max_iterations: int) -> torch.Tensor:
-    """Solve every system of the batch (one per row) by multigrid-preconditioned conjugate gradients."""
+    """Solve every system of the batch (one per row) by multigrid-preconditioned conjugate gradients.
+
+    Systems that have converged leave the batch (when a fifth of it has), so the work follows each
+    system's own iteration count.
+    """
     cheap = torch.float32
     levels = _multigrid(mask.to(cheap))
     system = _Level(mask)
+    tiny = torch.finfo(rhs.dtype).tiny
 
     def precondition(r):
         return _v_cycle(levels, r.to(cheap)).to(r.dtype)
@@ -143,7 +160,9 @@ def _conjugate_gradients(mask: torch.Tensor, rhs: torch.Tensor, tolerance: float
     def dot(a, b):
         return (a * b).sum(dim=(1, 2, 3))
 
+    solutions = torch.zeros_like(rhs)
     solution = torch.zeros_like(rhs)
+    rows = torch.arange(len(rhs), device=rhs.device)  # the systems still in the batch
     residual = rhs.clone()
     z = precondition(residual)
     direction = z.clone()
@@ -151,16 +170,21 @@ def _conjugate_gradients(mask: torch.Tensor, rhs: torch.Tensor, tolerance: float
     goal = tolerance ** 2 * dot(rhs, rhs)
     for _ in range(max_iterations):
         active = dot(residual, residual) > goal
-        if not active.any():
+        remaining = int(active.sum())
+        if remaining == 0:
             break
+        if remaining <= 0.8 * len(rows):
+            solutions[rows[~active]] = solution[~active]
+            rows, solution, residual, direction, rz, goal = rows[active], solution[active], residual[active], direction[active], rz[active], goal[active]
+            levels = [level.select(active) for level in levels]
+            system = system.select(active)
         product = system.apply(direction)
-        curvature = dot(direction, product)
-        alpha = torch.where(active & (curvature > 0), rz / curvature.clamp_min(torch.finfo(rz.dtype).tiny), 0)
+        alpha = rz / dot(direction, product).clamp_min(tiny)
         solution += alpha.view(-1, 1, 1, 1) * direction
         residual -= alpha.view(-1, 1, 1, 1) * product
         z = precondition(residual)
         rz_next = dot(residual, z)
-        beta = torch.where(active, rz_next / rz.clamp_min(torch.finfo(rz.dtype).tiny), 0)
-        direction = z + beta.view(-1, 1, 1, 1) * direction
+        direction = z + (rz_next / rz.clamp_min(tiny)).view(-1, 1, 1, 1) * direction
         rz = rz_next
-    return solution
+    solutions[rows] = solution
+    return solutions
