@@ -284,6 +284,15 @@ def test_infidelity_matches_captum_on_the_same_perturbations(normalize, channels
     assert relative_error(ours, reference) < 1e-4
 
 
+def test_infidelity_and_sensitivity_do_not_depend_on_the_batch_size(tiny_cnn):
+    x = images(3, 16)
+    maps = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(13))
+    assert torch.allclose(infidelity(tiny_cnn, x, maps, samples=5, batch_size=2),
+                          infidelity(tiny_cnn, x, maps, samples=5, batch_size=64), rtol=1e-5)
+    assert torch.allclose(sensitivity_max(Gradient, tiny_cnn, x, samples=3, batch_size=1),
+                          sensitivity_max(Gradient, tiny_cnn, x, samples=3, batch_size=3), rtol=1e-5)
+
+
 def test_infidelity_of_the_gradient_vanishes_for_small_perturbations_of_a_linear_model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
@@ -401,6 +410,16 @@ def test_cascade_flags_maps_that_become_constant_instead_of_reporting_nan(tiny_c
     assert torch.isnan(result.spearman[1]).all() and not result.original_constant.any()
     gradient = cascading_randomization(Gradient, tiny_cnn, images(3, 16), max_steps=1)
     assert gradient.top_layer_constant == 0 and not math.isnan(gradient.top_layer_spearman)
+
+
+def test_randomisation_tests_do_not_depend_on_the_batch_size(tiny_cnn):
+    x = images(3, 16)
+    whole = cascading_randomization(Gradient, tiny_cnn, x, max_steps=2)
+    chunked = cascading_randomization(Gradient, tiny_cnn, x, max_steps=2, batch_size=2)
+    assert torch.allclose(whole.maps, chunked.maps, atol=1e-6)
+    assert torch.allclose(efficient_mprt(Gradient, tiny_cnn, x).rise, efficient_mprt(Gradient, tiny_cnn, x, batch_size=1).rise)
+    with pytest.raises(DeepscopeError, match="batch_size"):
+        efficient_mprt(Gradient, tiny_cnn, x, batch_size=0)
 
 
 def test_bottom_up_order_randomises_the_first_layer_first(tiny_cnn):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepscope.evaluation.common import row_draws
+from deepscope.evaluation.common import row_draws, wide_dtype
 
 #: ROAD's weights of the neighbours sharing an edge and a corner
 EDGE, CORNER = 1 / 6, 1 / 12
@@ -46,7 +46,7 @@ def noisy_linear_imputation(inputs: torch.Tensor, removed: torch.Tensor, *, nois
         Stop when every system's residual is below this fraction of its right-hand side.
     """
     b, c, h, w = inputs.shape
-    exact = torch.float64 if inputs.device.type != "mps" else torch.float32
+    exact = wide_dtype(inputs.device)
     mask = removed.to(exact).repeat_interleave(c, dim=0)  # one system per image and channel
     values = inputs.detach().to(exact).reshape(b * c, 1, h, w)
     known = values * (1 - mask)

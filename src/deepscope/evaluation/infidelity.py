@@ -29,7 +29,7 @@ from torch import nn
 
 from deepscope.attribution.base import check_inputs
 from deepscope.errors import DeepscopeError
-from deepscope.evaluation.common import row_draws, saliency
+from deepscope.evaluation.common import row_draws, saliency, wide_dtype
 from deepscope.evaluation.perturbation import check_maps, check_positive
 from deepscope.evaluation.randomization import MethodBuilder, builder
 from deepscope.probe import Probe, batched_forward, fast_layout
@@ -71,18 +71,19 @@ def infidelity(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, targe
     n = len(inputs)
     explanation = _input_shaped(maps, inputs)
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    products = torch.empty(n * samples, dtype=torch.float64, device=inputs.device)
+    wide = wide_dtype(inputs.device)
+    products = torch.empty(n * samples, dtype=wide, device=inputs.device)
     changes = torch.empty_like(products)
     with Probe(model, detach=True), torch.inference_mode():
         output = torch.cat([model(fast_layout(chunk)) for chunk in inputs.split(batch_size)])
         resolved = resolve_target(target, output)
-        scores = target_scores(output, resolved).double()
+        scores = target_scores(output, resolved).to(wide)
         for rows in torch.arange(n * samples, device=inputs.device).split(batch_size):
             image = rows // samples
             perturbation = sigma * row_draws(generator, len(rows), inputs)
             perturbed = target_scores(model(fast_layout(inputs[image] - perturbation)), select_target(resolved, image))
-            products[rows] = (perturbation.double() * explanation[image]).flatten(1).sum(dim=1)
-            changes[rows] = scores[image] - perturbed.double()
+            products[rows] = (perturbation.to(wide) * explanation[image]).flatten(1).sum(dim=1)
+            changes[rows] = scores[image] - perturbed.to(wide)
     products, changes = products.view(n, samples), changes.view(n, samples)
     if normalize:
         beta = (products * changes).sum(dim=1) / (products * products).sum(dim=1)
@@ -136,8 +137,8 @@ def sensitivity_max(method: MethodBuilder, model: nn.Module, inputs: torch.Tenso
 
 
 def _input_shaped(maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """Maps as float64 tensors shaped like the inputs: upsampled, a single channel shared by all."""
+    """Maps in the wide dtype, shaped like the inputs: upsampled, a single channel shared by all."""
     values = saliency(maps.detach().to(inputs.device), tuple(inputs.shape[-2:]), reduction=None)
     if values.shape[1] not in (1, inputs.shape[1]):
         raise DeepscopeError(f"maps with {values.shape[1]} channels do not fit inputs with {inputs.shape[1]}.")
-    return values.double().expand(-1, inputs.shape[1], -1, -1)
+    return values.to(wide_dtype(inputs.device)).expand(-1, inputs.shape[1], -1, -1)

@@ -112,6 +112,11 @@ def _batch(default: int) -> Option:
     return Option("batch_size", int, default, "inputs per forward pass (memory stays bounded)", minimum=1)
 
 
+def _explained_per_call() -> Option:
+    return Option("batch_size", int, None, "images explained per call (default: all at once)", minimum=1,
+                  optional=True)
+
+
 def _seed(what: str) -> Option:
     return Option("seed", int, 0, f"seed of {what}")
 
@@ -202,12 +207,13 @@ METRICS: dict[str, MetricEntry] = {entry.name: entry for entry in [
                 options=(Option("depth", int, None, "group layers into blocks of this many dotted parts",
                                 minimum=1, optional=True),
                          Option("max_steps", int, 1, "layers randomised", minimum=1, optional=True),
-                         _seed("the randomisation"))),
+                         _seed("the randomisation"), _explained_per_call())),
     MetricEntry("emprt", efficient_mprt, lambda r: r.rise, "higher", "Hedström et al. 2023",
                 "relative rise of the maps' histogram entropy when every layer is randomised",
                 needs="method", cost="explanations", passes="2 explanations", chance=0.0,
                 chance_note="the random control, rebuilt with its seed, keeps its maps: rise 0",
-                options=(Option("bins", int, 100, "histogram bins", minimum=1), _seed("the randomisation"))),
+                options=(Option("bins", int, 100, "histogram bins", minimum=1), _seed("the randomisation"),
+                         _explained_per_call())),
     MetricEntry("smprt", smooth_mprt, smooth_mprt_score, "lower", "Hedström et al. 2023",
                 "mean rank correlation of noise-averaged |maps| as layers are randomised bottom-up",
                 needs="method", cost="explanations", passes="samples x (steps + 2) explanations", chance=1.0,

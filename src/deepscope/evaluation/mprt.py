@@ -33,7 +33,7 @@ from torch import nn
 
 from deepscope.attribution.base import check_inputs
 from deepscope.errors import DeepscopeError
-from deepscope.evaluation.common import DEFAULT_REDUCTION, Explainer, row_draws, saliency
+from deepscope.evaluation.common import DEFAULT_REDUCTION, Explainer, explain_in_chunks, row_draws, saliency
 from deepscope.evaluation.perturbation import check_positive
 from deepscope.evaluation.randomization import (MethodBuilder, RandomizationResult, builder, cascading_randomization,
                                                 copy_model, is_constant, original_maps, randomization_layers,
@@ -71,7 +71,8 @@ class EMPRTResult:
 
 
 def efficient_mprt(method: MethodBuilder, model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
-                   bins: int = 100, seed: int = 0, reduction: str = DEFAULT_REDUCTION) -> EMPRTResult:
+                   bins: int = 100, seed: int = 0, batch_size: int | None = None,
+                   reduction: str = DEFAULT_REDUCTION) -> EMPRTResult:
     """Randomise every layer of a copy of ``model`` and compare the entropy of the maps before and after.
 
     Parameters
@@ -87,12 +88,14 @@ def efficient_mprt(method: MethodBuilder, model: nn.Module, inputs: torch.Tensor
         Histogram bins between each map's smallest and largest value (Quantus's default 100).
     seed : int
         Seed of the randomisation.
+    batch_size : int, optional
+        Images explained per call (default: all at once).
     """
     check_inputs(inputs)
     check_positive(bins=bins)
     build = builder(method)
     inputs = inputs.detach()
-    resolved, before = original_maps(build, model, inputs, target, reduction)
+    resolved, before = original_maps(build, model, inputs, target, reduction, batch_size)
     randomized = copy_model(model)
     generator = torch.Generator().manual_seed(seed)
     layers = randomization_layers(randomized)
@@ -100,7 +103,8 @@ def efficient_mprt(method: MethodBuilder, model: nn.Module, inputs: torch.Tensor
         raise DeepscopeError("the model has no layer with parameters to randomise.")
     for name in layers:
         randomize_parameters(get_layer(randomized, name), generator)
-    after = saliency(build(randomized)(inputs, resolved).detach(), tuple(inputs.shape[-2:]), reduction)
+    after = saliency(explain_in_chunks(build(randomized), inputs, resolved, batch_size), tuple(inputs.shape[-2:]),
+                     reduction)
     return EMPRTResult(histogram_entropy(before.flatten(1), bins), histogram_entropy(after.flatten(1), bins),
                        is_constant(before.flatten(1)), is_constant(after.flatten(1)), torch.stack([before, after]))
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from deepscope.attribution.base import check_inputs
 from deepscope.errors import DeepscopeError
-from deepscope.evaluation.common import DEFAULT_REDUCTION, Explainer, saliency
+from deepscope.evaluation.common import DEFAULT_REDUCTION, Explainer, explain_in_chunks, saliency
 from deepscope.maps import normalize
 from deepscope.probe import Probe, get_layer, model_device
 from deepscope.targets import Target, resolve_target
@@ -134,7 +134,8 @@ def randomize_parameters(module: nn.Module, generator: torch.Generator) -> None:
 def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
                             layers: Sequence[str] | None = None, depth: int | None = None,
                             max_steps: int | None = None, order: str = "top-down", seed: int = 0,
-                            reduction: str = DEFAULT_REDUCTION, progress: bool = False) -> RandomizationResult:
+                            batch_size: int | None = None, reduction: str = DEFAULT_REDUCTION,
+                            progress: bool = False) -> RandomizationResult:
     """Randomise a copy of ``model`` from the top layer down and compare each step's maps with the original.
 
     Parameters
@@ -158,6 +159,8 @@ def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: tor
     order : "top-down" or "bottom-up"
         With ``layers=None``: randomise from the output layer down (Adebayo et al.) or from the input
         layer up (Hedström et al.'s choice for sMPRT).
+    batch_size : int, optional
+        Images explained per call (default: all at once).
     """
     from tqdm.auto import tqdm
 
@@ -166,7 +169,7 @@ def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: tor
         raise DeepscopeError(f"unknown order {order!r}; choose {' or '.join(ORDERS)}.")
     build = builder(method)
     inputs = inputs.detach()
-    resolved, original = original_maps(build, model, inputs, target, reduction)
+    resolved, original = original_maps(build, model, inputs, target, reduction, batch_size)
     size = tuple(inputs.shape[-2:])
 
     randomized = copy_model(model)
@@ -179,10 +182,10 @@ def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: tor
     if not cascade:
         raise DeepscopeError("the model has no layer with parameters to randomise.")
     generator = torch.Generator().manual_seed(seed)
-    maps = [saliency(build(randomized)(inputs, resolved).detach(), size, reduction)]
+    maps = [saliency(explain_in_chunks(build(randomized), inputs, resolved, batch_size), size, reduction)]
     for module in tqdm(modules, desc="randomising", unit="layer", disable=not progress, leave=False):
         randomize_parameters(module, generator)
-        maps.append(saliency(build(randomized)(inputs, resolved).detach(), size, reduction))
+        maps.append(saliency(explain_in_chunks(build(randomized), inputs, resolved, batch_size), size, reduction))
     stacked = torch.stack(maps)
     return RandomizationResult(
         layers=cascade,
@@ -195,13 +198,14 @@ def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: tor
 
 
 def original_maps(build: Callable[[nn.Module], Explainer], model: nn.Module, inputs: torch.Tensor, target: Target,
-                  reduction: str | None):
+                  reduction: str | None, batch_size: int | None = None):
     """``target`` resolved on the original model's output, and the saliency of its maps at the input's size."""
     with Probe(model, detach=True), torch.inference_mode():
         resolved = resolve_target(target, model(inputs))
     if isinstance(resolved, torch.Tensor):
         resolved = resolved.clone()  # a normal tensor, usable outside inference mode
-    return resolved, saliency(build(model)(inputs, resolved).detach(), tuple(inputs.shape[-2:]), reduction)
+    maps = explain_in_chunks(build(model), inputs, resolved, batch_size)
+    return resolved, saliency(maps, tuple(inputs.shape[-2:]), reduction)
 
 
 def is_constant(values: torch.Tensor) -> torch.Tensor:
