@@ -8,9 +8,9 @@
 3. The controls sit at chance where a metric defines one: the random map's ROAD gap (chance 0), its eMPRT
    (0) and cascading / sMPRT correlation (1); the centred map is shown beside it.
 
-Methods: deepscope's signed Gradient, SmoothGrad of it (n=25, noise 0.15), Integrated Gradients (50 steps), Grad-CAM, and
-the random and centred controls, each explaining its photo's predicted class. Photos: the first of each of
-``--images`` in20 classes. Every number is a mean over the photos (± standard error for the main ones).
+Methods: deepscope's signed Gradient, SmoothGrad of it (n=25, noise 0.15), Integrated Gradients (50 steps),
+Grad-CAM, and the random and centred controls, each explaining its photo's predicted class. Photos: the first
+of each of ``--images`` in20 classes. Every number is a mean over the photos, ± its standard error.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def main(argv=None) -> int:
     print(f"  gradient {mean_sem(plain)}, SmoothGrad {mean_sem(smooth)}; lower on {lower}/{len(x)} photos: "
           f"{'reproduced' if lower > len(x) / 2 and smooth.mean() < plain.mean() else 'NOT reproduced'}")
     infid_plain, infid_smooth = rows["gradient"]["infidelity"], rows["smoothgrad"]["infidelity"]
-    print(f"  infidelity (normalised, sigma 0.1): gradient {mean_sem(infid_plain)}, SmoothGrad {mean_sem(infid_smooth)}; "
-          f"lower on {int((infid_smooth < infid_plain).sum())}/{len(x)} photos")
+    print(f"  infidelity (normalised, sigma 0.1): gradient {mean_sem(infid_plain)}, "
+          f"SmoothGrad {mean_sem(infid_smooth)}; lower on {int((infid_smooth < infid_plain).sum())}/{len(x)} photos")
 
     print("\nFinding 2 (Rong et al. 2022): ROAD's MoRF and LeRF rank the methods alike")
     names = list(rows)
@@ -107,7 +107,8 @@ def main(argv=None) -> int:
 
     print("\nFinding 3: the controls sit at chance")
     random = rows["random"]
-    print(f"  random ROAD gap {mean_sem(random['road-gap'])} (chance 0; gradient {mean_sem(rows['gradient']['road-gap'])})")
+    print(f"  random ROAD gap {mean_sem(random['road-gap'])} "
+          f"(chance 0; gradient {mean_sem(rows['gradient']['road-gap'])})")
     print(f"  random eMPRT rise {mean_sem(random['emprt'])} (chance 0); cascade rho {mean_sem(random['cascade-rho'])} "
           f"(chance 1); sMPRT rho {mean_sem(random['smprt'])} (chance 1)")
     print(f"  random region AOPC {mean_sem(random['region-aopc'])} vs centre {mean_sem(rows['center']['region-aopc'])} "

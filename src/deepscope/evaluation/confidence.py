@@ -10,7 +10,8 @@ forward pass per input.
 The map is reduced to one channel (:func:`~deepscope.maps.saliency`, ``abs-max`` by default), scaled to
 [0, 1] by its minimum and maximum at its own resolution, then upsampled bilinearly to the input, as
 torchcam does with its CAMs (a constant map becomes 0). Differs from torchcam 0.5: the paper's ``Y`` in
-the denominator (torchcam adds 1e-7), and per-image values are returned rather than running sums.
+the denominator (torchcam adds 1e-7), per-image values are returned rather than running sums, and the
+inputs and their explanation maps run through the model in the same batches.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import torch
 from torch import nn
 
 from deepscope.evaluation.common import DEFAULT_REDUCTION
-from deepscope.evaluation.perturbation import (check_maps, check_positive, original_scores, target_probability,
-                                               targets_of)
+from deepscope.evaluation.perturbation import check_maps, check_positive, target_probability, targets_of
 from deepscope.maps import normalize, saliency, upsample
 from deepscope.probe import Probe, fast_layout
-from deepscope.targets import Target
+from deepscope.targets import Target, resolve_target
 
 
 @dataclass
@@ -76,11 +76,14 @@ def confidence_change(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor
     check_maps(inputs, maps)
     check_positive(batch_size=batch_size)
     inputs = inputs.detach()
+    n = len(inputs)
     scaled = normalize(saliency(maps.detach().to(inputs.device), None, reduction), "minmax")
     explanation = upsample(scaled, tuple(inputs.shape[-2:])) * inputs
-    resolved, original = original_scores(model, inputs, target, batch_size)
-    masked = torch.empty_like(original)
+    both = torch.cat([inputs, explanation])  # the inputs and their explanation maps, run in the same batches
     with Probe(model, detach=True), torch.inference_mode():
-        for chunk in torch.arange(len(inputs), device=inputs.device).split(batch_size):
-            masked[chunk] = target_probability(model(fast_layout(explanation[chunk])), resolved, chunk)
-    return ConfidenceResult(original, masked, targets_of(resolved, len(inputs), inputs.device))
+        output = torch.cat([model(fast_layout(chunk)) for chunk in both.split(batch_size)])
+        resolved = resolve_target(target, output[:n])
+        rows = torch.arange(n, device=inputs.device).repeat(2)
+        probabilities = target_probability(output, resolved, rows)
+    targets = targets_of(resolved, n, inputs.device).clone()
+    return ConfidenceResult(probabilities[:n].clone(), probabilities[n:].clone(), targets)

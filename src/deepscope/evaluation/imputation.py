@@ -10,7 +10,7 @@ shape, which is what makes ROAD's two orders agree (the paper's point).
 Solver: the reference implementation (the authors', used by pytorch-grad-cam) assembles the system with
 SciPy and factorises it on the CPU for every image and percentage. Here all systems of a batch are solved
 together on the input's device by conjugate gradients, preconditioned by one geometric multigrid V-cycle
-(damped-Jacobi smoothing, bilinear prolongation and its transpose as restriction, a removed-pixel mask
+(Jacobi smoothing, bilinear prolongation and its transpose as restriction, a removed-pixel mask
 coarsened to the cells whose children are all removed), in float64 (float32 for the preconditioner), to a
 relative residual of ``tolerance``: 10 to 20 iterations, whatever the image size or the share removed.
 Without noise, the imputed pixels match SciPy's direct solution to about 1e-6 (in model-input units).
@@ -21,10 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deepscope.errors import DeepscopeError
 from deepscope.evaluation.common import row_draws, wide_dtype
-
-#: ROAD's weights of the neighbours sharing an edge and a corner
-EDGE, CORNER = 1 / 6, 1 / 12
 
 
 def noisy_linear_imputation(inputs: torch.Tensor, removed: torch.Tensor, *, noise: float = 0.01,
@@ -45,6 +43,8 @@ def noisy_linear_imputation(inputs: torch.Tensor, removed: torch.Tensor, *, nois
     tolerance : float
         Stop when every system's residual is below this fraction of its right-hand side.
     """
+    if noise > 0 and generator is None:
+        raise DeepscopeError("noisy imputation needs a seeded torch.Generator (generator=...), or noise=0.")
     b, c, h, w = inputs.shape
     exact = wide_dtype(inputs.device)
     mask = removed.to(exact).repeat_interleave(c, dim=0)  # one system per image and channel
@@ -58,7 +58,8 @@ def noisy_linear_imputation(inputs: torch.Tensor, removed: torch.Tensor, *, nois
 
 
 def _neighbours(v: torch.Tensor) -> torch.Tensor:
-    """The weighted sum of each pixel's eight neighbours (zero outside the image) of (B, 1, H, W) ``v``."""
+    """The weighted sum of each pixel's eight neighbours (zero outside the image) of (B, 1, H, W) ``v``: the
+    [1, 2, 1] x [1, 2, 1] / 12 filter gives the edges 1/6, the corners 1/12 and the centre 1/3, taken off."""
     return _binomial(v).div_(12).sub_(v, alpha=1 / 3)
 
 
@@ -175,7 +176,8 @@ def _conjugate_gradients(mask: torch.Tensor, rhs: torch.Tensor, tolerance: float
             break
         if remaining <= 0.8 * len(rows):
             solutions[rows[~active]] = solution[~active]
-            rows, solution, residual, direction, rz, goal = rows[active], solution[active], residual[active], direction[active], rz[active], goal[active]
+            rows, solution, residual = rows[active], solution[active], residual[active]
+            direction, rz, goal = direction[active], rz[active], goal[active]
             levels = [level.select(active) for level in levels]
             system = system.select(active)
         product = system.apply(direction)

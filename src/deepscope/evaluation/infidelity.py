@@ -17,9 +17,10 @@ Maps enter as the method returns them (no channel reduction): per-channel maps a
 maps (CAMs) upsampled to the input and shared by all channels. Draws come from a generator on the input's
 device seeded by ``seed``, one draw per perturbed input in a documented order, so the results do not
 depend on ``batch_size``; the same draws fed to captum's ``infidelity`` and ``sensitivity_max`` give the
-same numbers. Sensitivity-max calls the explainer on the same chunks of images as for the unperturbed
-maps, one draw at a time, so a seeded stochastic explainer (SmoothGrad) sees the same noise in both calls:
-the metric measures how the explanation moves with the input, not the explainer's own sampling noise.
+same numbers. By default sensitivity-max calls the explainer on the same chunks of images as for the
+unperturbed maps, one draw at a time, so a seeded stochastic explainer (SmoothGrad) sees the same noise in
+both calls: the metric measures how the explanation moves with the input, not the explainer's own
+sampling noise (``common_noise=False`` batches freely, as captum).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def infidelity(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, targe
 
 
 def sensitivity_max(method: MethodBuilder, model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
-                    samples: int = 10, radius: float = 0.02, seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+                    samples: int = 10, radius: float = 0.02, common_noise: bool = True, seed: int = 0,
+                    batch_size: int = 16) -> torch.Tensor:
     """(N,) largest relative change of the map over ``samples`` uniform perturbations (low is good).
 
     Parameters
@@ -107,11 +109,17 @@ def sensitivity_max(method: MethodBuilder, model: nn.Module, inputs: torch.Tenso
         Perturbations per input (one explanation each).
     radius : float
         Half-width of the uniform perturbation of each input value (model-input units; captum's 0.02).
+    common_noise : bool
+        Explain one perturbation of a chunk of images per call, the same chunks as the unperturbed maps, so
+        an explainer that draws its own noise by position in the call (deepscope's SmoothGrad) draws the
+        same in both (common random numbers). False: ``batch_size`` perturbed inputs per call, as captum
+        does; faster for few images, but a stochastic explainer's own sampling noise then counts as
+        sensitivity. Deterministic explainers give the same values either way.
     seed : int
         Seed of the perturbations: draw ``j * N + i`` (uniform in [0, 1), shaped like one input) gives
         perturbation ``j`` of input ``i``: ``radius * (2 * draw - 1)``.
     batch_size : int
-        Images explained per call.
+        Images (perturbed inputs) explained per call.
     """
     check_inputs(inputs)
     check_positive(samples=samples, batch_size=batch_size)
@@ -123,16 +131,20 @@ def sensitivity_max(method: MethodBuilder, model: nn.Module, inputs: torch.Tenso
     resolved = resolve_target(target, batched_forward(model, inputs, batch_size))
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     chunks = torch.arange(n, device=inputs.device).split(batch_size)
-    references = [explain(inputs[chunk], select_target(resolved, chunk)).detach() for chunk in chunks]
+    references = torch.cat([explain(inputs[chunk], select_target(resolved, chunk)).detach() for chunk in chunks])
+    norms = references.flatten(1).norm(dim=1)
+    norms = torch.where(norms == 0, 1.0, norms)
+    if common_noise:
+        calls = [j * n + chunk for j in range(samples) for chunk in chunks]
+    else:
+        calls = torch.arange(samples * n, device=inputs.device).split(batch_size)
     largest = torch.zeros(n, device=inputs.device)
-    for _ in range(samples):
-        draws = row_draws(generator, n, inputs, "uniform")
-        for chunk, reference in zip(chunks, references):
-            perturbed = inputs[chunk] + radius * (2 * draws[chunk] - 1)
-            moved = explain(perturbed, select_target(resolved, chunk)).detach()
-            norm = reference.flatten(1).norm(dim=1)
-            change = (moved - reference).flatten(1).norm(dim=1) / torch.where(norm == 0, 1.0, norm)
-            largest[chunk] = torch.maximum(largest[chunk], change.float())
+    for rows in calls:  # in increasing order, so the draws are consumed row by row
+        image = rows % n
+        perturbed = inputs[image] + radius * (2 * row_draws(generator, len(rows), inputs, "uniform") - 1)
+        moved = explain(perturbed, select_target(resolved, image)).detach()
+        change = (moved - references[image]).flatten(1).norm(dim=1) / norms[image]
+        largest.scatter_reduce_(0, image, change.float(), "amax")
     return largest
 
 

@@ -94,7 +94,8 @@ class MetricEntry:
         checked = {**self.fixed, **self.check_options(options)}
         if self.needs == "maps":
             if not isinstance(explanation, torch.Tensor):
-                raise DeepscopeError(f"{self.name} scores maps: pass the maps tensor, got {type(explanation).__name__}.")
+                raise DeepscopeError(f"{self.name} scores maps: pass the maps tensor, "
+                                     f"got {type(explanation).__name__}.")
             result = self.function(model, inputs, explanation, target, **checked)
         else:
             if isinstance(explanation, torch.Tensor) or not callable(explanation):
@@ -188,6 +189,8 @@ METRICS: dict[str, MetricEntry] = {entry.name: entry for entry in [
                 options=(Option("samples", int, 10, "perturbations per image", minimum=1),
                          Option("radius", float, 0.02, "largest change of an input value (model-input units)",
                                 minimum=1e-12),
+                         Option("common_noise", bool, True, "one perturbation per call, so a seeded stochastic "
+                                "explainer (SmoothGrad) draws the same noise as for the unperturbed map"),
                          _seed("the perturbations"),
                          Option("batch_size", int, 16, "images explained per call", minimum=1))),
     MetricEntry("average-drop", confidence_change, lambda r: r.drop, "lower", "Chattopadhay et al. 2018",
