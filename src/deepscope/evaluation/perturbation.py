@@ -192,9 +192,13 @@ def perturbed_scores(model: nn.Module, inputs: torch.Tensor, replacement: torch.
     bar = tqdm(total=len(todo), desc=desc, unit="eval", disable=not progress, leave=False)
     with Probe(model, detach=True), torch.inference_mode(), bar:
         for chunk in todo.split(batch_size):
-            image = images[chunk]
-            changed = ranks[image] < counts[chunk].view(-1, 1, 1, 1)
-            batch = torch.where(changed, replacement[image], inputs[image])
-            scores[chunk] = target_probability(model(fast_layout(batch)), resolved, image)
+            batch = inputs.new_empty(len(chunk), *inputs.shape[1:])
+            start = 0
+            # jobs of one image: compare its ranks with their counts by broadcasting (no per-job copies)
+            for image, count in zip(*[t.tolist() for t in torch.unique_consecutive(images[chunk], return_counts=True)]):
+                limits = counts[chunk[start:start + count]].view(-1, 1, 1, 1)
+                torch.where(ranks[image] < limits, replacement[image], inputs[image], out=batch[start:start + count])
+                start += count
+            scores[chunk] = target_probability(model(fast_layout(batch)), resolved, images[chunk])
             bar.update(len(chunk))
     return scores
