@@ -45,7 +45,7 @@ from deepscope.targets import Target
 
 #: cost classes, from cheapest: what one image costs
 COSTS = {
-    "forward": "one forward pass",
+    "forward": "a forward pass of the image and one of a perturbed copy",
     "forwards": "a fixed number of forward passes (steps, regions, segments, perturbations)",
     "imputations": "a forward pass and a sparse linear solve per percentage and order",
     "explanations": "a number of explanations (of perturbed inputs or randomised models)",
@@ -146,7 +146,8 @@ METRICS: dict[str, MetricEntry] = {entry.name: entry for entry in [
     MetricEntry("pixel-flipping", pixel_flipping, lambda r: r.auc, "lower", "Bach et al. 2015; Samek et al. 2017",
                 "area under the probability curve as features are flipped to the image's minimum, most relevant first",
                 passes="H * W / features_per_step forwards", chance_note=_ORDER_NOTE,
-                options=(Option("features_per_step", int, 1, "pixels flipped per step", minimum=1),
+                options=(Option("features_per_step", int, 1024, "pixels flipped per step (49 steps at 224 px; "
+                                "the paper flips one, a forward pass per pixel)", minimum=1),
                          Option("baseline", str, "min", "what flipped pixels become", choices=_BASELINE_NAMES),
                          _batch(64))),
     MetricEntry("region-perturbation", region_perturbation, lambda r: r.aopc, "higher", "Samek et al. 2017",
