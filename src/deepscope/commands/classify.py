@@ -53,7 +53,7 @@ def run(args) -> int:
         text = _to_json(result, names) if args.output.lower().endswith(".json") else _to_csv(result, names)
         write_text(args.output, text)
         print(f"wrote {args.output}")
-    report_skipped(images)
+    report_skipped(result.skipped)
     return 0
 
 

@@ -90,5 +90,5 @@ def run(args) -> int:
           f"target {'predicted class' if target is None else target_names[0]})")
     if len(images) > len(paths):
         print(f"explained the first {len(paths)} of {len(images)} images (raise --limit for more)")
-    report_skipped(images)
+    report_skipped(images.skipped)
     return 0

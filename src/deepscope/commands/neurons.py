@@ -67,5 +67,5 @@ def run(args) -> int:
     for i, c in enumerate(view.channels):
         print(f"  channel {c}: top activation {float(view.top.values[i, 0]):.3f} in {Path(view.paths[i][0]).name}")
     print(f"wrote {figure_path} and {json_path}")
-    report_skipped(images)
+    report_skipped(view.top.skipped)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deepscope.errors import DeepscopeError
 from deepscope.features import choose_queries, extract_features, knn_accuracy, nearest_neighbours, pixel_bank, project
-from deepscope.render.features import knn_figure, projection_figure
+from deepscope.render.features import knn_figure, knn_paths, projection_figure
 from deepscope.render.report import figure_uri
 from deepscope.report.base import Figure, Note, ReportContext, Section, Table
 
@@ -21,10 +21,10 @@ def features_section(ctx: ReportContext) -> Section:
              "usually of the same class, unlike photos close in pixel space (Krizhevsky et al. 2012); "
              "PCA and t-SNE maps show the same contrast.")
     settings, loaded = ctx.settings, ctx.loaded
-    cache = ctx.cache.folder if ctx.cache.folder is not None else False
-    bank = extract_features(loaded, ctx.images, batch_size=settings.batch_size, cache=cache, progress=settings.progress)
-    pixels = pixel_bank(ctx.images, loaded.preprocess, size=PIXEL_SIZE, batch_size=settings.batch_size, cache=cache,
-                        progress=settings.progress)
+    bank = extract_features(loaded, ctx.images, batch_size=settings.batch_size, cache=ctx.cache,
+                            progress=settings.progress)
+    pixels = pixel_bank(ctx.images, loaded.preprocess, size=PIXEL_SIZE, batch_size=settings.batch_size,
+                        cache=ctx.cache, progress=settings.progress)
     if len(bank) < 3:
         return Section("features", "The feature space", intro,
                        [Note(f"needs at least 3 readable images, got {len(bank)}.")])
@@ -38,7 +38,8 @@ def features_section(ctx: ReportContext) -> Section:
     except DeepscopeError as error:
         items.append(Note(f"no kNN accuracy: {error}"))
     queries = choose_queries(bank, QUERIES)
-    figure = knn_figure(bank, nearest_neighbours(bank, queries, k), pixels, nearest_neighbours(pixels, queries, k),
+    shown = (bank, nearest_neighbours(bank, queries, k), pixels, nearest_neighbours(pixels, queries, k))
+    figure = knn_figure(*shown, thumbnails={path: ctx.photos.thumbnail(path) for path in knn_paths(*shown)},
                         class_names=names)
     items.append(Figure(figure_uri(figure), caption=f"{k} nearest neighbours (cosine) of {len(queries)} query images: "
                         "feature space above pixel space; green frames share the query's class."))

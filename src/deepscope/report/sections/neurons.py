@@ -22,7 +22,7 @@ def neurons_section(ctx: ReportContext) -> Section:
     k = min(TOP, len(ctx.images))
 
     def draw():
-        view = neuron_view(loaded.model, loaded.preprocess, ctx.images, layer, channels, k,
+        view = neuron_view(loaded.model, loaded.preprocess, ctx.images, layer, channels, k, pixels=ctx.pixels,
                            batch_size=settings.batch_size, progress=settings.progress)
         return neuron_figure(view)
 
