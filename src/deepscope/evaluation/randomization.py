@@ -16,6 +16,12 @@ Similarity (per image, on the one-channel saliency of
 maps, as in Adebayo et al.'s main figures (for signed single-channel maps ``spearman_signed`` keeps
 the sign; maps reduced with ``abs-max`` are already absolute); ``ssim`` is
 :func:`skimage.metrics.structural_similarity` of the absolute maps scaled to [0, 1].
+
+A map that is constant (a Grad-CAM whose every weighted channel is negative becomes all zeros after its
+ReLU) has no ranks to correlate: its correlation is undefined. Results flag such maps (``constant``,
+``original_constant``) and leave them out of the means; a summary that reads NaN with
+``top_layer_constant`` equal to the number of images means "every map became constant", which passes the
+check (the map no longer shows anything the trained model saw) rather than failing it.
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ from torch import nn
 
 from deepscope.attribution.base import check_inputs
 from deepscope.errors import DeepscopeError
-from deepscope.evaluation.common import DEFAULT_REDUCTION, Explainer, saliency
+from deepscope.evaluation.common import DEFAULT_REDUCTION, Explainer, explain_in_chunks, saliency
 from deepscope.maps import normalize
 from deepscope.probe import Probe, get_layer, model_device
 from deepscope.targets import Target, resolve_target
 
 #: Builds the explanation for a model: an Attribution class or ``lambda m: Method(m, ...)``.
 MethodBuilder = Callable[[nn.Module], Explainer]
+ORDERS = ("top-down", "bottom-up")
 
 
 @dataclass
@@ -53,7 +60,12 @@ class RandomizationResult:
         Saliency of each image at each step.
     spearman, spearman_signed, ssim : (S + 1, N) tensors
         Similarity of each step's map with the original map (row 0 compares a recomputation on the
-        untouched copy, so it is 1 for a deterministic method).
+        untouched copy, so it is 1 for a deterministic method). The correlations are NaN exactly where a
+        map is constant (``constant`` or ``original_constant``).
+    constant : (S + 1, N) bool tensor
+        The step's map is constant (the same value at every pixel).
+    original_constant : (N,) bool tensor
+        The original model's map is constant.
     """
 
     layers: list[str]
@@ -61,15 +73,34 @@ class RandomizationResult:
     spearman: torch.Tensor
     spearman_signed: torch.Tensor
     ssim: torch.Tensor
+    constant: torch.Tensor
+    original_constant: torch.Tensor
 
     @property
     def top_layer_spearman(self) -> float:
-        """Mean rank correlation after randomising only the output layer (the first cascade step)."""
-        return float(self.spearman[1].mean()) if len(self.layers) else float("nan")
+        """Mean rank correlation after randomising only the output layer (the first cascade step), over
+        the maps that are not constant; NaN when every one is (see :attr:`top_layer_constant`)."""
+        return self.mean_spearman(1)
 
     @property
     def top_layer_ssim(self) -> float:
         return float(self.ssim[1].mean()) if len(self.layers) else float("nan")
+
+    @property
+    def top_layer_constant(self) -> int:
+        """How many images have a constant map after the first step (or before any randomisation)."""
+        return int((self.constant[1] | self.original_constant).sum()) if len(self.layers) else 0
+
+    @property
+    def last_spearman(self) -> float:
+        """Mean rank correlation after the last step (every layer in ``layers`` randomised), over the maps
+        that are not constant."""
+        return self.mean_spearman(len(self.layers))
+
+    def mean_spearman(self, step: int) -> float:
+        """Mean rank correlation of |maps| at ``step`` over the images whose maps are not constant."""
+        defined = ~(self.constant[step] | self.original_constant)
+        return float(self.spearman[step][defined].mean()) if defined.any() else float("nan")
 
 
 def randomization_layers(model: nn.Module, depth: int | None = None) -> list[str]:
@@ -102,7 +133,8 @@ def randomize_parameters(module: nn.Module, generator: torch.Generator) -> None:
 
 def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
                             layers: Sequence[str] | None = None, depth: int | None = None,
-                            max_steps: int | None = None, seed: int = 0, reduction: str = DEFAULT_REDUCTION,
+                            max_steps: int | None = None, order: str = "top-down", seed: int = 0,
+                            batch_size: int | None = None, reduction: str = DEFAULT_REDUCTION,
                             progress: bool = False) -> RandomizationResult:
     """Randomise a copy of ``model`` from the top layer down and compare each step's maps with the original.
 
@@ -123,39 +155,62 @@ def cascading_randomization(method: MethodBuilder, model: nn.Module, inputs: tor
     depth : int, optional
         With ``layers=None``: group layers into blocks of this many dotted parts.
     max_steps : int, optional
-        Stop after randomising this many layers (the top ones), for speed.
+        Stop after randomising this many layers (the first ones in cascade order), for speed.
+    order : "top-down" or "bottom-up"
+        With ``layers=None``: randomise from the output layer down (Adebayo et al.) or from the input
+        layer up (Hedström et al.'s choice for sMPRT).
+    batch_size : int, optional
+        Images explained per call (default: all at once).
     """
     from tqdm.auto import tqdm
 
     check_inputs(inputs)
-    build = _builder(method)
+    if order not in ORDERS:
+        raise DeepscopeError(f"unknown order {order!r}; choose {' or '.join(ORDERS)}.")
+    build = builder(method)
     inputs = inputs.detach()
-    with Probe(model, detach=True), torch.inference_mode():
-        resolved = resolve_target(target, model(inputs))
-    if isinstance(resolved, torch.Tensor):
-        resolved = resolved.clone()  # a normal tensor, usable outside inference mode
+    resolved, original = original_maps(build, model, inputs, target, reduction, batch_size)
     size = tuple(inputs.shape[-2:])
-    original = saliency(build(model)(inputs, resolved).detach(), size, reduction)
 
     randomized = copy_model(model)
     cascade = list(layers) if layers is not None else randomization_layers(randomized, depth)
+    if layers is None and order == "bottom-up":
+        cascade.reverse()
     if max_steps is not None:
         cascade = cascade[:max_steps]
     modules = [get_layer(randomized, name) for name in cascade]
     if not cascade:
         raise DeepscopeError("the model has no layer with parameters to randomise.")
     generator = torch.Generator().manual_seed(seed)
-    maps = [saliency(build(randomized)(inputs, resolved).detach(), size, reduction)]
+    maps = [saliency(explain_in_chunks(build(randomized), inputs, resolved, batch_size), size, reduction)]
     for module in tqdm(modules, desc="randomising", unit="layer", disable=not progress, leave=False):
         randomize_parameters(module, generator)
-        maps.append(saliency(build(randomized)(inputs, resolved).detach(), size, reduction))
+        maps.append(saliency(explain_in_chunks(build(randomized), inputs, resolved, batch_size), size, reduction))
     stacked = torch.stack(maps)
     return RandomizationResult(
         layers=cascade,
         maps=stacked,
         spearman=torch.stack([spearman(original.abs(), m.abs()) for m in maps]),
         spearman_signed=torch.stack([spearman(original, m) for m in maps]),
-        ssim=torch.stack([ssim(original, m) for m in maps]))
+        ssim=torch.stack([ssim(original, m) for m in maps]),
+        constant=is_constant(stacked.flatten(2)),
+        original_constant=is_constant(original.flatten(1)))
+
+
+def original_maps(build: Callable[[nn.Module], Explainer], model: nn.Module, inputs: torch.Tensor, target: Target,
+                  reduction: str | None, batch_size: int | None = None):
+    """``target`` resolved on the original model's output, and the saliency of its maps at the input's size."""
+    with Probe(model, detach=True), torch.inference_mode():
+        resolved = resolve_target(target, model(inputs))
+    if isinstance(resolved, torch.Tensor):
+        resolved = resolved.clone()  # a normal tensor, usable outside inference mode
+    maps = explain_in_chunks(build(model), inputs, resolved, batch_size)
+    return resolved, saliency(maps, tuple(inputs.shape[-2:]), reduction)
+
+
+def is_constant(values: torch.Tensor) -> torch.Tensor:
+    """Whether each map (the last dimension of ``values``) holds a single value."""
+    return values.amax(dim=-1) == values.amin(dim=-1)
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -171,7 +226,8 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def _builder(method: MethodBuilder) -> Callable[[nn.Module], Explainer]:
+def builder(method: MethodBuilder) -> Callable[[nn.Module], Explainer]:
+    """``method`` checked: a callable that builds an explainer from a model (never a method's name)."""
     if isinstance(method, str) or not callable(method):
         raise DeepscopeError(f"method must build an explanation from a model (an Attribution class or a function "
                              f"model -> method, e.g. lambda m: build_method('gradient', m)); got {method!r}.")
