@@ -189,14 +189,18 @@ class Timer:
 
 @dataclass
 class ReportContext:
-    """Everything a section may use: the model, the images, the settings, the cache and the timer."""
+    """Everything a section may use: the model, the images, the settings, the cache, the timer, and a results
+    store whose dataset jobs (``deepscope classify/features/neurons/explain/evaluate --store``) stand in for
+    the sections' own computations where they fit (same model, same photos)."""
 
     loaded: LoadedModel
     images: ImageSet
     settings: ReportSettings = field(default_factory=ReportSettings)
     cache: Cache = field(default_factory=lambda: Cache(None))
     timer: Timer = field(default_factory=Timer)
+    store: Any = None
     _classification: Classification | None = field(default=None, repr=False)
+    _model_job_digest: str | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -204,8 +208,30 @@ class ReportContext:
 
         return model_device(self.loaded.model)
 
+    def stored_job(self, kind: str, accept: Callable[[Any], bool] = lambda job: True, **settings):
+        """The newest complete job of ``kind`` in :attr:`store` for this model and exactly these photos, with
+        ``settings`` and accepted by ``accept(job)``; None without one."""
+        if self.store is None:
+            return None
+        from deepscope.jobs.store import digests
+
+        if self._model_job_digest is None:
+            self._model_job_digest = digests(self.loaded)[0]
+        paths = [str(p) for p in self.images.paths]
+        for job in self.store.find(kind, self._model_job_digest, **settings):
+            if accept(job) and job.table("files").column("path").to_pylist() == paths:
+                return job
+        return None
+
     def classification(self) -> Classification:
-        """Top-5 predictions for every readable image (computed once, cached on disk)."""
+        """Top-5 predictions for every readable image (a classify job's from the store, else computed once and
+        cached on disk)."""
+        if self._classification is None and (job := self.stored_job("classify", lambda j: j.settings["topk"] >= 5)):
+            from deepscope.jobs import stored_classification
+
+            self._classification = stored_classification(job)
+            known = {p for p, _ in self.images.skipped}
+            self.images.skipped += [(p, r) for p, r in self._classification.skipped if p not in known]
         if self._classification is None:
             key = classification_key(self.cache, self.loaded, self.images)
             stored = self.cache.load("classify", key)
