@@ -131,10 +131,9 @@ model, folder, store = sys.argv[1:4]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
 worker = cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
-ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
 loaded = load_model(model)
 images = scan_images(folder, loaded.classes)
-with RayEngine() as engine:
+with RayEngine(address=cluster.address) as engine:  # joins the cluster, as --address does
     engine.warm_up(loaded)
     _, actors, _, _ = engine.pool(loaded)
     nodes = sorted(ray.get([actor.ready.remote() for actor in actors]), key=lambda info: info["node"])

@@ -20,7 +20,7 @@ from deepscope.images import scan_images
 from deepscope.jobs import (ClassifyJob, ExplainJob, FeaturesJob, NeuronsJob, open_store, run_job,
                             stored_classification, stored_feature_bank, stored_top_activations)
 from deepscope.jobs.store import JobFolder, check_shard
-from deepscope.neurons import top_activations
+from deepscope.neurons import neuron_view, top_activations
 
 
 @pytest.fixture
@@ -85,6 +85,15 @@ def test_classify_and_neurons_jobs_equal_the_library(photos, tiny, tmp_path):
     assert top.channels == expected.channels and top.map_size == expected.map_size
     assert torch.allclose(top.values, expected.values, atol=1e-6)
     assert torch.equal(top.image_indices, expected.image_indices) and torch.equal(top.positions, expected.positions)
+    # a figure of a few channels from the stored top-k, without scanning the photos again
+    scanned = neuron_view(tiny.model, tiny.preprocess, scan_images(photos, tiny.classes), "2", [5, 1], 3,
+                          progress=False)
+    stored = neuron_view(tiny.model, tiny.preprocess, scan_images(photos, tiny.classes), "2", [5, 1], 3,
+                         progress=False, top=top)
+    assert stored.paths == scanned.paths and stored.boxes == scanned.boxes
+    assert all(torch.equal(a, b) for row_a, row_b in zip(stored.guided, scanned.guided) for a, b in zip(row_a, row_b))
+    with pytest.raises(DeepscopeError, match="do not hold"):
+        top.select([1], 5)
 
 
 def test_rerun_reuses_shards_and_recomputes_only_changed_or_damaged_ones(photos, tiny, tmp_path):

@@ -22,6 +22,7 @@ store are read by path: on a cluster of several machines they must be on a file 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import socket
 import time
@@ -32,6 +33,8 @@ from typing import Any
 import torch
 
 from deepscope.errors import DeepscopeError
+from deepscope.evaluation.randomization import copy_model
+from deepscope.probe import model_device
 
 ENGINES = ("local", "ray")
 #: how often one shard may lose its worker before the job gives up
@@ -69,8 +72,10 @@ class LocalEngine:
     def run(self, job, loaded, root: Path, tasks: Iterable, commit, batch_size: int) -> None:
         from deepscope.jobs.base import run_shard
 
-        state = job.prepare(loaded)
+        state = None
         for task in tasks:
+            if state is None:
+                state = job.prepare(loaded)
             started = time.perf_counter()
             output = run_shard(job, loaded, state, task, root, batch_size)
             commit(task, output, run_info(self.name, started))
@@ -158,8 +163,14 @@ class RayEngine:
         if not ray.is_initialized():
             import logging
 
-            options = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False,
-                       **self.init_options}
+            options = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+            if self.address is None:  # a local instance: its workers import the deepscope this process runs
+                import deepscope
+
+                path = os.pathsep.join(filter(None, [str(Path(deepscope.__file__).parents[1]),
+                                                     os.environ.get("PYTHONPATH")]))
+                options["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+            options.update(self.init_options)
             try:
                 ray.init(address=self.address, **options)
             except ConnectionError as error:
@@ -206,10 +217,13 @@ class RayEngine:
     def pool(self, loaded):
         """The actors holding ``loaded`` (started on first use): (loaded, live actors, {ready ref: starting
         actor}, a function that starts one more)."""
-        if id(loaded.model) not in self._pool:
+        key = id(loaded.model)
+        if key not in self._pool:
             import ray
 
             workers, cpus, threads, gpus = self.plan()
+            if model_device(loaded.model).type != "cpu":  # actors put the model on their own device
+                loaded = dataclasses.replace(loaded, model=copy_model(loaded.model).cpu())
             model = ray.put(loaded)
             worker = ray.remote(ShardWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0,
                                                      scheduling_strategy="SPREAD")
@@ -223,8 +237,8 @@ class RayEngine:
             for _ in range(workers):
                 spawn()
             self.log.append(f"{workers} actor(s), {cpus:g} CPU and {gpus} GPU each, {threads} torch thread(s)")
-            self._pool[id(loaded.model)] = (loaded, [], starting, spawn)
-        return self._pool[id(loaded.model)]
+            self._pool[key] = (loaded, [], starting, spawn)
+        return self._pool[key]
 
     def warm_up(self, loaded, timeout: float = START_TIMEOUT) -> float:
         """Start the pool for ``loaded`` and wait until every actor holds the model; returns the seconds taken."""
@@ -240,13 +254,20 @@ class RayEngine:
 
     # -- running a job ----------------------------------------------------------------------------------
     def run(self, job, loaded, root: Path, tasks: Iterable, commit, batch_size: int) -> None:
+        import itertools
+
         import ray
         from ray.exceptions import RayError, RayTaskError
 
+        tasks = iter(tasks)
+        first = next(tasks, None)
+        if first is None:  # every shard is done: no need for Ray
+            return
         if not ray.is_initialized():
             self.start()
         try:
-            self._run(job, loaded, root, iter(tasks), commit, batch_size, ray, RayError, RayTaskError)
+            self._run(job, loaded, root, itertools.chain([first], tasks), commit, batch_size, ray, RayError,
+                      RayTaskError)
         finally:
             if not self._owned:
                 self.close()
