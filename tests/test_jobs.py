@@ -222,16 +222,17 @@ from deepscope.models.zoo import LoadedModel
 
 kind, folder, store = sys.argv[1:4]
 keep_freed_memory()  # as the command line does
+torch.set_num_threads(1)  # the network is tiny: more threads would only spin
 torch.manual_seed(0)
-# a small network with a wide last layer: 8,192 features per photo, so a job that kept every row in memory
-# would grow by 655 MB from 500 to 20,000 photos (about 65 % of this process's 1 GB after importing torch),
-# one that kept every activation map (2x2 here) by 2.6 GB
-model = nn.Sequential(*[m for i, o in ((3, 32), (32, 64), (64, 64), (64, 64))
+# a small network with a wide last layer: 8,192 features per photo, so a job that kept every row (or every
+# activation of the layer) in memory would grow by 655 MB from 500 to 20,000 photos, about 65 % of this
+# process's 1 GB after importing torch
+model = nn.Sequential(*[m for i, o in ((3, 16), (16, 32), (32, 32), (32, 32), (32, 32))
                         for m in (nn.Conv2d(i, o, 3, stride=2, padding=1), nn.ReLU())],
-                      nn.Conv2d(64, 8192, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8192, 10))
+                      nn.Conv2d(32, 8192, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8192, 10))
 loaded = LoadedModel(model, Preprocess(32, 36), ClassList.generic(10), "wide", "test")
 images = scan_images(folder)
-job = FeaturesJob() if kind == "features" else NeuronsJob("8", k=9)
+job = FeaturesJob() if kind == "features" else NeuronsJob("10", k=9)
 run = run_job(job, loaded, images, store, batch_size=64)
 assert run.computed == run.shards and run.files == len(images)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

@@ -17,7 +17,7 @@ from deepscope.classify import classify
 from deepscope.errors import DeepscopeError, LayerNotFoundError, TargetError
 from deepscope.features import extract_features
 from deepscope.images import scan_images
-from deepscope.jobs import (ClassifyJob, ExplainJob, FeaturesJob, NeuronsJob, open_store, run_job,
+from deepscope.jobs import (ClassifyJob, EvaluateJob, ExplainJob, FeaturesJob, NeuronsJob, open_store, run_job,
                             stored_classification, stored_feature_bank, stored_top_activations)
 from deepscope.jobs.store import JobFolder, check_shard
 from deepscope.neurons import neuron_view, top_activations
@@ -153,6 +153,15 @@ def test_a_shard_of_unreadable_files_and_explain_maps(photos, tiny, tmp_path):
     assert maps.summary == {"signed": False, "reduction": "abs-max"}
 
 
+@pytest.mark.parametrize("job", [ClassifyJob(2), FeaturesJob("4"), NeuronsJob("2", k=2), ExplainJob("guided"),
+                                 EvaluateJob("gradcam", steps=2)], ids=lambda job: job.kind)
+def test_every_job_leaves_the_model_as_it_was(photos, tiny, tmp_path, job):
+    before = model_fingerprint(tiny.model)
+    run = run_job(job, tiny, scan_images(photos, tiny.classes), tmp_path, shard_size=7, batch_size=4)
+    assert_unchanged(tiny.model, before)
+    assert run.computed == 2 and run.skipped == 1 and run.open().complete
+
+
 @pytest.mark.parametrize("job, options, message", [
     (FeaturesJob("nowhere"), {}, LayerNotFoundError),
     (NeuronsJob("2", channels=(99,)), {}, TargetError),
@@ -167,3 +176,15 @@ def test_bad_settings_are_refused_before_any_work(photos, tiny, tmp_path, job, o
                        match=None if isinstance(message, type) else message):
         run_job(job, tiny, scan_images(photos, tiny.classes), tmp_path / "store", **options)
     assert not (tmp_path / "store").exists()
+
+
+def test_command_line_mistakes_about_jobs_are_one_line_errors(capsys, photos):
+    from deepscope.cli import main
+
+    for argv, message in ((["features", "default", str(photos), "--engine", "ray"], "need --store DIR"),
+                          (["classify", "default", str(photos), "--workers", "2"], "need --store DIR"),
+                          (["neurons", "default", str(photos), "--layer", "x", "--channels", "all"], "needs --store"),
+                          (["explain", "default", str(photos), "--map-size", "64"], "need --store DIR")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

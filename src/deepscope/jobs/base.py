@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -244,4 +244,9 @@ def readable_indices(images: ImageSet, task: ShardTask, paths: list) -> list[int
     return [position[Path(p)] for p in paths]
 
 
-Commit = Callable[[ShardTask, ShardOutput, dict], None]
+def check_order(indices: list[int], task: ShardTask, images: ImageSet) -> None:
+    """The rows a library function returned must be the shard's readable files in order (the store relies on it)."""
+    skipped = {Path(p) for p, _ in images.skipped}
+    expected = [i for i, p in zip(task.indices, task.paths) if Path(p) not in skipped]
+    if indices != expected:
+        raise RuntimeError(f"shard {task.shard}: rows came back out of file order")

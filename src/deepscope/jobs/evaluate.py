@@ -30,8 +30,7 @@ from deepscope.evaluation.deletion_insertion import deletion_curve, insertion_cu
 from deepscope.evaluation.randomization import cascading_randomization
 from deepscope.fileio import atomic_path
 from deepscope.images import ImageSet, iter_batches
-from deepscope.jobs.base import Job, freeze
-from deepscope.jobs.features import check_order
+from deepscope.jobs.base import Job, check_order, freeze
 from deepscope.jobs.store import ShardOutput, ShardTask, StoredJob
 from deepscope.models.zoo import LoadedModel
 from deepscope.probe import model_device

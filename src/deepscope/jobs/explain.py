@@ -22,8 +22,7 @@ import torch
 from deepscope.catalogue import build_method, get_method
 from deepscope.errors import DeepscopeError
 from deepscope.images import ImageSet, iter_batches
-from deepscope.jobs.base import Job, freeze
-from deepscope.jobs.features import check_order
+from deepscope.jobs.base import Job, check_order, freeze
 from deepscope.jobs.store import ShardOutput, ShardTask
 from deepscope.maps import saliency
 from deepscope.models.zoo import LoadedModel

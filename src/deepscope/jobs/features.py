@@ -16,7 +16,7 @@ import torch
 from deepscope.errors import DeepscopeError
 from deepscope.features import INPUT_SUFFIX, FeatureBank, default_feature_layer, extract_features
 from deepscope.images import ImageSet
-from deepscope.jobs.base import Job, all_unreadable, readable_indices
+from deepscope.jobs.base import Job, all_unreadable, check_order, readable_indices
 from deepscope.jobs.store import ShardOutput, ShardTask, StoredJob
 from deepscope.models.zoo import LoadedModel
 from deepscope.probe import get_layer
@@ -45,14 +45,6 @@ class FeaturesJob(Job):
         check_order(readable_indices(images, task, bank.paths), task, images)
         features = bank.features.float().numpy()
         return ShardOutput(arrays={"features": features}, info={"dimensions": int(features.shape[1])})
-
-
-def check_order(indices: list[int], task: ShardTask, images: ImageSet) -> None:
-    """The rows a library function returned must be the shard's readable files in order (the store relies on it)."""
-    skipped = {Path(p) for p, _ in images.skipped}
-    expected = [i for i, p in zip(task.indices, task.paths) if Path(p) not in skipped]
-    if indices != expected:
-        raise RuntimeError(f"shard {task.shard}: rows came back out of file order")
 
 
 def stored_feature_bank(job: StoredJob) -> FeatureBank:
