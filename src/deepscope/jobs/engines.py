@@ -277,7 +277,7 @@ class RayEngine:
         idle = list(actors)
         busy: dict = {}           # result ref -> (actor, task)
         retry: collections.deque = collections.deque()
-        attempts: collections.Counter = collections.Counter()
+        attempts: collections.Counter = collections.Counter()  # losses per shard, and failed actor starts
         exhausted = False
         waiting_since = time.perf_counter()
 
@@ -311,10 +311,14 @@ class RayEngine:
                     actor = starting.pop(ref)
                     try:
                         ray.get(ref)
-                    except RayTaskError as error:
-                        raise error.cause if isinstance(error.cause, DeepscopeError) else error
-                    except RayError:
-                        continue  # died while starting
+                    except RayError as error:  # died while starting: the node went, or the model did not load
+                        attempts["start"] += 1
+                        if attempts["start"] >= MAX_ATTEMPTS * max(1, len(actors) + len(starting) + 1):
+                            first = str(error).strip().splitlines()[-1][:300]
+                            raise DeepscopeError(f"Ray actors keep failing to start ({type(error).__name__}: "
+                                                 f"{first}); is deepscope installed on every node?") from None
+                        self.log.append(f"an actor failed to start ({type(error).__name__})")
+                        continue
                     actors.append(actor)
                     idle.append(actor)
                     continue
