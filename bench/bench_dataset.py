@@ -91,7 +91,7 @@ def decode_rate(images: ImageSet, preprocess, count: int = 100) -> float:
 
 # -- memory --------------------------------------------------------------------------------------------
 MEMORY = r"""
-import resource, sys
+import sys
 from deepscope.cli import keep_freed_memory
 from deepscope.images import scan_images
 from deepscope.jobs import FeaturesJob, NeuronsJob, run_job
@@ -101,7 +101,8 @@ model, kind, folder, store, layer = sys.argv[1:6]
 loaded = load_model(model)
 job = FeaturesJob() if kind == "features" else NeuronsJob(layer, k=9)
 run = run_job(job, loaded, scan_images(folder, loaded.classes), store)
-print(run.files, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM: this process's own peak (ru_maxrss would also count the parent's memory at the fork)
+print(run.files, next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """
 
 
