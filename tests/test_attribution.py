@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -393,3 +394,37 @@ def test_explain_command(tmp_path, capsys):
     assert "unknown method" in error and len(error.strip().splitlines()) == 1
     assert main(["explain", "default", "--random-weights", "--target", "no such class", "--out", str(tmp_path / "c")]) == 2
     assert "unknown class" in capsys.readouterr().err
+
+
+# -- what the protocol accepts, casts and refuses ------------------------------------------------------------
+@pytest.mark.parametrize("name", METHODS)
+def test_inputs_are_checked_at_the_protocol_entry(name, tiny_cnn):
+    before = model_fingerprint(tiny_cnn)
+    method = METHODS[name](tiny_cnn)
+    x = images(2, size=16, dtype=torch.float32)
+    nan = x.clone()
+    nan[1, 0, 3, 3] = float("nan")
+    for bad, says in [(x[:0], "empty batch"), (x[:, :1], "1 channel(s) but the model takes 3"),
+                      (x[0], "add a batch dimension"), ((x * 255).byte(), "floating point"),
+                      (nan, "NaN or infinite values (sample(s) 1)"), (x.numpy(), "must be a torch.Tensor")]:
+        with pytest.raises(DeepscopeError, match=re.escape(says)):
+            method(bad)
+    with pytest.raises(TargetError, match="classes.index"):
+        method(x, target="tench")
+    torch.testing.assert_close(method(x.double()), method(x))  # float64 is cast to the model's dtype
+    with torch.inference_mode():  # a caller inside inference mode gets the same maps
+        inside = method(x.clone())
+    torch.testing.assert_close(inside, method(x))
+    assert_unchanged(tiny_cnn, before)
+
+
+def test_load_inputs_takes_one_path(tmp_path):
+    from PIL import Image
+
+    from deepscope.images import load_inputs
+    from deepscope.models.preprocess import Preprocess
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(path)
+    assert load_inputs(str(path), Preprocess(32, 36)).shape == (1, 3, 32, 32)
+    assert load_inputs(path, Preprocess(32, 36)).shape == (1, 3, 32, 32)

@@ -219,7 +219,7 @@ def test_cascade_blocks_and_names():
 def test_controls_follow_the_protocol(tiny_cnn):
     x = torch.randn(2, 3, 10, 12, dtype=torch.float64)
     a, b = build_method("random", tiny_cnn, seed=1)(x), RandomMap(tiny_cnn, seed=1)(x)
-    assert torch.equal(a, b) and a.shape == (2, 1, 10, 12) and a.dtype == torch.float64
+    assert torch.equal(a, b) and a.shape == (2, 1, 10, 12) and a.dtype == torch.float32  # cast to the model's dtype
     assert not torch.equal(a, RandomMap(tiny_cnn, seed=2)(x))
     center = build_method("center", tiny_cnn)(x)
     assert center.shape == (2, 1, 10, 12)

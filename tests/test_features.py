@@ -66,7 +66,7 @@ def test_rows_line_up_with_files_and_broken_files_are_skipped(folder, tiny, tmp_
     assert bank.layer == "7:input"                                # the last Linear's input = Flatten's output
     readable = [p for p in images.paths if "broken" not in p.name]
     assert bank.paths == readable and bank.folders == ["apple"] * 3 + ["zebra"] * 3
-    assert [p.name for p, _ in images.skipped] == ["1b_broken.jpg"] == [p.name for p, _ in bank.skipped]
+    assert [p.name for p, _ in bank.skipped] == ["1b_broken.jpg"] and images.skipped == ()
     assert torch.allclose(bank.features, reference_rows(tiny, readable, 7), atol=1e-5)
     conv = extract_features(tiny, scan_images(folder), "2", cache=False)  # a conv map is average-pooled
     assert torch.allclose(conv.features, reference_rows(tiny, readable, 3), atol=1e-5)
@@ -82,7 +82,7 @@ def test_cache_hit_and_invalidation(folder, tiny, tmp_path, monkeypatch):
     images = scan_images(folder)
     again = extract_features(tiny, images, cache=cache)
     assert not calls and torch.equal(again.features, first.features) and again.paths == first.paths
-    assert [p.name for p, _ in images.skipped] == ["1b_broken.jpg"]  # the skip report survives the cache
+    assert again.skipped == first.skipped and [p.name for p, _ in again.skipped] == ["1b_broken.jpg"]  # cached too
 
     extract_features(tiny, scan_images(folder), "2", cache=cache)     # another layer
     assert len(calls) == 1
@@ -124,7 +124,8 @@ def test_pixel_bank_is_the_preprocessed_pixels(folder, tmp_path):
     assert torch.equal(pixel_bank(scan_images(folder), preprocess, cache=tmp_path).features, bank.features)
     small = pixel_bank(images, preprocess, size=4, cache=False)
     assert small.features.shape == (6, 48) and small.layer == "pixels@4"
-    assert len(images.skipped) == 1                                    # reported once, not per bank
+    assert [p.name for p, _ in small.skipped] == ["1b_broken.jpg"]     # each bank lists the broken file once
+    assert bank.skipped == small.skipped and images.skipped == ()
 
 
 def test_leave_one_out_knn_hand_checked():

@@ -10,9 +10,9 @@ from conftest import assert_unchanged, model_fingerprint
 from torch import nn
 
 from deepscope.attribution import Occlusion
-from deepscope.attribution.incremental import (ConePlan, ConeRunner, _box_length, local_stages,
-                                               window_geometry)
+from deepscope.attribution.incremental import ConePlan, ConeRunner, _box_length, local_stages
 from deepscope.errors import LayerNotFoundError
+from deepscope.geometry import window_geometry
 from deepscope.models.tflite import Block, Conv2dSame
 from deepscope.probe import Probe
 

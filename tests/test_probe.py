@@ -102,3 +102,57 @@ def test_targets_are_checked(tiny_cnn):
         method(x, target=-1)
     by_callable = method(x, target=lambda out: out[:, 2])
     assert torch.equal(by_callable, method(x, target=2))
+
+
+def test_replaced_backward_and_routed_functions_end_with_the_probe(tiny_cnn):
+    before = model_fingerprint(tiny_cnn)
+    seen = []
+
+    def route(func, args, kwargs):
+        if func is torch.Tensor.mean:
+            seen.append(func)
+        return NotImplemented
+
+    def doubled(saved, grad_output):  # a backward of our choosing for the first convolution
+        (x,) = saved
+        return (torch.full_like(x, 2.0),)
+
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with pytest.raises(ZeroDivisionError):
+        with Probe(tiny_cnn) as probe:
+            probe.replace_backward(tiny_cnn[0], lambda inp, out: ((inp,), doubled))
+            probe.route_functions(route)
+            out = probe(x)
+            (grad,) = torch.autograd.grad(out[:, 0].sum(), x)
+            # the rest of the model's gradient reaches the first layer's output, which then gives 2 everywhere
+            assert torch.equal(grad, torch.full_like(x, 2.0))
+            probe(x).mean()  # outside the model call: not routed
+            assert not seen and probe.hook_count() == 2
+            1 / 0
+    assert_unchanged(tiny_cnn, before)
+    assert not torch.overrides._get_current_function_mode_stack()
+    torch.randn(1).mean()
+    assert not seen
+
+
+def test_routed_functions_see_the_forward_code():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    calls = []
+
+    def route(func, args, kwargs):
+        if func is torch.Tensor.add and all(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            calls.append(func)
+            return args[0] * 0  # replaced result
+        return NotImplemented
+
+    x = torch.randn(1, 2, 3, 3, requires_grad=True)
+    with Probe(Residual()) as probe:
+        probe.route_functions(route)
+        assert torch.equal(probe(x), torch.zeros_like(x)) and len(calls) == 1

@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import assert_unchanged, model_fingerprint
 from deepscope.attribution.base import Attribution
+from deepscope.cache import CacheWarning, model_digest
 from deepscope.catalogue import METHODS, MethodEntry
 from deepscope.cli import main
 from deepscope.errors import DeepscopeError, UnsupportedModelError
@@ -62,11 +63,24 @@ def _data_uris(page: str) -> list[str]:
     return re.findall(r"data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]+", page)
 
 
-def test_small_report_structure(tmp_path, tiny_cnn, photo_folder):
+def test_small_report_structure(tmp_path, tiny_cnn, photo_folder, monkeypatch):
+    import deepscope.classify
+    import deepscope.features
+    import deepscope.images
+    import deepscope.neurons
+
+    decoded, passes = [], []
+    real_load = deepscope.images.load_image
+    monkeypatch.setattr(deepscope.images, "load_image", lambda path: decoded.append(Path(path)) or real_load(path))
+    for module in (deepscope.classify, deepscope.features, deepscope.neurons):
+        real_iter = module.iter_batches
+        monkeypatch.setattr(module, "iter_batches", lambda *a, real=real_iter, **k: passes.append(1) or real(*a, **k))
     loaded = _loaded(tiny_cnn)
     before = model_fingerprint(tiny_cnn)
     path = write_report(_context(loaded, photo_folder), tmp_path / "out")
     assert_unchanged(tiny_cnn, before)
+    # a photo is decoded by each pass over the folder, and once more at most for all the pictures of the page
+    assert len(set(decoded)) == 6 and max(decoded.count(p) for p in decoded) <= len(passes) + 1
     assert path == tmp_path / "out" / "report.html"
     assert path.stat().st_mode & 0o644 == 0o644  # readable by others, like any file the user writes
     page = path.read_text(encoding="utf-8")
@@ -185,6 +199,7 @@ def test_no_overwrite_and_interrupt_leave_the_old_page(tmp_path, tiny_cnn, photo
 
 def test_a_rerun_reads_maps_from_the_cache(tmp_path, tiny_cnn, photo_folder):
     loaded = _loaded(tiny_cnn)
+    digest = model_digest(loaded)
     cache = Cache(tmp_path / "cache")
     first = write_report(_context(loaded, photo_folder, cache), tmp_path / "a", "saliency").read_text(encoding="utf-8")
     assert cache.misses > 0 and cache.hits == 0
@@ -197,17 +212,22 @@ def test_a_rerun_reads_maps_from_the_cache(tmp_path, tiny_cnn, photo_folder):
     changed = Cache(tmp_path / "cache")
     write_report(_context(loaded, photo_folder, changed), tmp_path / "c", "saliency")
     assert changed.misses > 0
+    weight = tiny_cnn[-1].weight.detach().clone()
     with torch.no_grad():
         tiny_cnn[-1].weight.add_(1.0)
-    assert Cache(None).model_digest(loaded) != cache.model_digest(_loaded(tiny_cnn))
+    assert model_digest(loaded) != digest
+    tiny_cnn[-1].weight.data.copy_(weight)  # invisible to the tensor's version counter, seen all the same
+    assert model_digest(loaded) == digest
 
 
 def test_damaged_cache_entry_is_recomputed(tmp_path):
     cache = Cache(tmp_path)
     cache.save("maps", "ab" * 32, {"map": torch.ones(2)})
-    entry = next((tmp_path / "report" / "maps").rglob("*.pt"))
+    entry = next((tmp_path / "maps").rglob("*.pt"))
     entry.write_bytes(b"not a torch file")
-    assert cache.load("maps", "ab" * 32) is None and not entry.exists()
+    with pytest.warns(CacheWarning, match="damaged cache entry"):
+        assert cache.load("maps", "ab" * 32) is None and not entry.exists()
+    assert entry.with_name(entry.name + ".damaged").read_bytes() == b"not a torch file"  # moved aside, not deleted
 
 
 def test_parse_sections():

@@ -55,7 +55,7 @@ def test_features_job_equals_extract_features_and_reads_without_deepscope(photos
 
     manifest = json.loads((run.path / "manifest.json").read_text())
     assert manifest["complete"] and manifest["settings"] == {"layer": "7:input"}
-    assert manifest["model"]["preprocess"]["input_size"] == 32 and len(manifest["model"]["digest"]) == 40
+    assert manifest["model"]["preprocess"]["input_size"] == 32 and len(manifest["model"]["digest"]) == 64
     assert {"deepscope", "torch", "pyarrow", "numpy"} <= set(manifest["versions"])
     # read back by pyarrow and numpy alone, deepscope made unimportable
     script = f"""

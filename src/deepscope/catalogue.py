@@ -39,6 +39,7 @@ from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.attribution.integrated_gradients import METHODS as QUADRATURES
 from deepscope.attribution.integrated_gradients import IntegratedGradients
+from deepscope.attribution.lrp import COMPOSITES, LRP
 from deepscope.attribution.occlusion import BASELINES as OCCLUSION_BASELINES
 from deepscope.attribution.occlusion import SCORES, Occlusion
 from deepscope.attribution.smoothgrad import SmoothGrad
@@ -267,6 +268,15 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in [
                         choices=("zero", "black")),
                  _batch_option(50, "path points")),
                 cost="passes", settings=("preprocess",)),
+    MethodEntry("lrp", LRP, "Bach et al. 2015; Montavon et al. 2019",
+                "relevance of the class score handed back layer by layer (zennit's composites; LRP is patented, "
+                "free for personal and scientific use)",
+                (Option("composite", str, "epsilon-plus-flat", "which rule each layer gets", choices=tuple(COMPOSITES)),
+                 Option("epsilon", float, 1e-6, "stabiliser of the epsilon rule (linear layers); 0 is LRP-0",
+                        minimum=0),
+                 Option("gamma", float, 0.25, "weight of positive contributions in the gamma rule", minimum=0),
+                 Option("stabilizer", float, 1e-6, "stabiliser of every other rule", minimum=1e-12)),
+                settings=("preprocess",)),
     MethodEntry("cam", CAM, "Zhou et al. 2016", "final linear layer's class weights x last conv maps (GAP heads)",
                 (_layer_option(), _relu_option(False))),
     MethodEntry("gradcam", GradCAM, "Selvaraju et al. 2017", "layer maps weighted by their mean gradient",

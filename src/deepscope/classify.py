@@ -23,6 +23,8 @@ class Classification:
         Known class of each image (from its folder), or None.
     topk_indices, topk_probs : (N, k) tensors
         Best classes and their softmax probabilities, best first.
+    skipped : list of (Path, str)
+        Files of the image set that have no row (not images, or unreadable), and why.
     """
 
     paths: list
@@ -50,9 +52,12 @@ def classify(loaded: LoadedModel, images: ImageSet, *, topk: int = 5, batch_size
     """Run ``loaded.model`` over ``images`` (on the model's device) and keep the top-``k`` classes of each."""
     device = model_device(loaded.model)
     topk = min(topk, len(loaded.classes))
-    paths, labels, indices, probs = [], [], [], []
+    paths, labels, indices, probs, skipped = [], [], [], [], list(images.skipped)
     with Probe(loaded.model, detach=True), torch.inference_mode():
         for batch in iter_batches(images, loaded.preprocess, batch_size, progress=progress and "classify"):
+            skipped += batch.skipped
+            if not batch.indices:
+                continue
             output = loaded.model(batch.inputs.to(device)).float().softmax(dim=1)
             p, i = output.topk(topk, dim=1)
             indices.append(i.cpu())
@@ -61,5 +66,5 @@ def classify(loaded: LoadedModel, images: ImageSet, *, topk: int = 5, batch_size
             labels += batch.labels
     if not paths:
         empty = torch.empty(0, topk)
-        return Classification([], [], empty.long(), empty, list(images.skipped))
-    return Classification(paths, labels, torch.cat(indices), torch.cat(probs), list(images.skipped))
+        return Classification([], [], empty.long(), empty, skipped)
+    return Classification(paths, labels, torch.cat(indices), torch.cat(probs), skipped)

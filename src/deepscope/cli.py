@@ -1,7 +1,8 @@
 """The ``deepscope`` command line.
 
 Each sub-command lives in :mod:`deepscope.commands` as a module with ``register(subparsers)``.
-A user's mistake (a :class:`~deepscope.errors.DeepscopeError`) is printed as one line, never a traceback.
+A user's mistake (a :class:`~deepscope.errors.DeepscopeError`) is printed as one line, never a traceback;
+so is a warning (a :class:`~deepscope.errors.DeepscopeWarning`, e.g. a damaged cache entry).
 
 :func:`main` runs one command in the calling process and leaves the process as it found it; the console
 script (:func:`console_main`) owns its process and also has glibc keep freed memory (see
@@ -16,12 +17,13 @@ import ctypes
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 
 import torch
 
 from deepscope import __version__
-from deepscope.errors import DeepscopeError
+from deepscope.errors import DeepscopeError, DeepscopeWarning
 
 #: Sub-command modules, in the order ``deepscope --help`` lists them.
 COMMANDS = ("models", "methods", "layers", "classify", "filters", "features", "explain", "neurons", "classviz", "dream",
@@ -75,6 +77,23 @@ def denormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(before)
 
 
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Inside the block, print every :class:`DeepscopeWarning` as one line on stderr; other warnings as before."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DeepscopeWarning):
+                print(f"deepscope {command}: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", DeepscopeWarning)
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (2 for a user's mistake). Leaves the process as it was."""
     parser = build_parser()
@@ -83,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with denormals_flushed():
+        with denormals_flushed(), one_line_warnings(args.command):
             return int(args.run(args) or 0)
     except DeepscopeError as error:
         print(f"deepscope {args.command}: error: {error}", file=sys.stderr)

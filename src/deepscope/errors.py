@@ -35,6 +35,10 @@ class TargetError(DeepscopeError):
     """A target class that does not fit the model's output or the batch."""
 
 
+class DeepscopeWarning(UserWarning):
+    """Something a user should know that did not stop the work (the CLI prints it on one line)."""
+
+
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
     """Return ``" Did you mean: a, b?"`` for the closest candidates, or ``""`` if none is close."""
     close = difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.5)

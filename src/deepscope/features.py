@@ -12,13 +12,14 @@ first input, captured with a forward pre-hook).
 
 Caching
 -------
-Banks are cached as ``.npz`` files under ``$DEEPSCOPE_CACHE``, else ``$XDG_CACHE_HOME/deepscope``, else
-``~/.cache/deepscope`` (or a folder passed as ``cache=``). The key hashes the model's class name and every
-``state_dict`` tensor (bytes), the layer, the preprocessing, and each image's path and file content, so
-a re-run is a file read and any change to weights, layer, preprocessing or images gives a new entry.
+Banks are entries of kind ``features`` in :class:`deepscope.cache.Cache` (``cache=``: a folder, a Cache, None
+or True for the default location, False for none); see :mod:`deepscope.cache` for the location and how a
+damaged entry or an unwritable location is handled. The key digests the model (class, weights,
+preprocessing, class names) and its name, the layer, and the image set (each file's path, content, folder and
+label), so a re-run is a file read and any change to weights, layer, preprocessing or images gives a new entry.
 
-File format (``numpy.load(path)``; no pickles)
-------------------------------------------------
+File format (``numpy.load(path)``; no pickles), for cache entries and :meth:`FeatureBank.save` alike
+----------------------------------------------------------------------------------------------------
 =============  ==================================================================================
 ``features``   ``(N, D)`` float32 (float16 for pixel banks), one row per readable image
 ``paths``      ``(N,)`` str, the image file of each row
@@ -27,18 +28,15 @@ File format (``numpy.load(path)``; no pickles)
 ``layer``      str, e.g. ``"classifier.1:input"``, or ``"pixels"`` / ``"pixels@32"``
 ``model``      str, the model's name (``"pixels"`` for a pixel bank)
 ``space``      str, ``"features"`` or ``"pixels"``
-``skipped``    ``(S, 2)`` str, unreadable files and why
+``skipped``    ``(S, 2)`` str, the files of the image set without a row, and why
 ``key``        str, the cache key; ``version``: int, this format's version (1)
 =============  ==================================================================================
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepscope.cache import Cache, images_digest, make_key, model_digest
 from deepscope.errors import DeepscopeError, LayerNotFoundError, UnsupportedModelError
 from deepscope.fileio import atomic_path
-from deepscope.images import ImageSet, iter_batches
+from deepscope.images import ImageSet, Skip, iter_batches
 from deepscope.models.preprocess import Preprocess
 from deepscope.models.zoo import LoadedModel
 from deepscope.probe import Probe, get_layer, model_device
@@ -73,7 +72,7 @@ class FeatureBank:
     layer, model, space : str
         Where the features come from; ``space`` is ``"features"`` or ``"pixels"``.
     skipped : list of (Path, str)
-        Files that could not be read (they have no row).
+        Files of the image set that have no row (not images, or unreadable), and why.
     key : str
         Cache key.
     """
@@ -85,7 +84,7 @@ class FeatureBank:
     layer: str
     model: str
     space: str = "features"
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
     key: str = ""
 
     def __len__(self) -> int:
@@ -114,10 +113,10 @@ class FeatureBank:
             return names[label]
         return self.folders[row] or ""
 
-    def save(self, path: str | Path) -> Path:
-        """Write the bank as ``.npz`` atomically (float16 features for a pixel bank)."""
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The bank as named NumPy arrays (the file format of the module docstring)."""
         dtype = np.float16 if self.space == "pixels" else np.float32
-        arrays = {
+        return {
             "features": self.features.cpu().numpy().astype(dtype),
             "paths": np.array([str(p) for p in self.paths], dtype=str),
             "labels": np.array([-1 if v is None else v for v in self.labels], dtype=np.int64),
@@ -126,8 +125,38 @@ class FeatureBank:
             "skipped": np.array([[str(p), r] for p, r in self.skipped], dtype=str).reshape(-1, 2),
             "key": np.array(self.key), "version": np.array(FORMAT_VERSION),
         }
+
+    @classmethod
+    def from_arrays(cls, data: Mapping[str, np.ndarray]) -> "FeatureBank":
+        """The bank in arrays made by :meth:`arrays`.
+
+        Raises
+        ------
+        ValueError, KeyError
+            When the arrays are not a bank of this format.
+        """
+        if int(data["version"]) != FORMAT_VERSION:
+            raise ValueError(f"feature bank format {int(data['version'])}, expected {FORMAT_VERSION}")
+        features, rows = data["features"], len(data["paths"])
+        if features.ndim != 2 or features.dtype.kind != "f" or features.shape[0] != rows:
+            raise ValueError(f"features of shape {features.shape} ({features.dtype}) for {rows} paths")
+        if len(data["labels"]) != rows or len(data["folders"]) != rows or data["labels"].dtype.kind != "i":
+            raise ValueError("labels and folders do not match the paths")
+        skipped = data["skipped"]
+        if skipped.ndim != 2 or skipped.shape[1] != 2:
+            raise ValueError(f"skipped of shape {skipped.shape}, expected (S, 2)")
+        texts = [data[name] for name in ("paths", "folders", "skipped", "layer", "model", "space", "key")]
+        if any(array.dtype.kind != "U" for array in texts):
+            raise ValueError("text fields are not strings")
+        return cls(torch.from_numpy(features.astype(np.float32)), [Path(p) for p in data["paths"]],
+                   [None if v < 0 else int(v) for v in data["labels"]], [str(f) or None for f in data["folders"]],
+                   str(data["layer"]), str(data["model"]), str(data["space"]),
+                   [(Path(p), str(r)) for p, r in skipped], str(data["key"]))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank as ``.npz`` atomically (float16 features for a pixel bank)."""
         with atomic_path(path) as tmp, open(tmp, "wb") as file:
-            np.savez(file, **arrays)
+            np.savez(file, **self.arrays())
         return Path(path)
 
     @classmethod
@@ -135,12 +164,7 @@ class FeatureBank:
         """Read a bank written by :meth:`save`."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                if int(data["version"]) != FORMAT_VERSION:
-                    raise DeepscopeError(f"{path}: feature bank format {int(data['version'])}, expected {FORMAT_VERSION}.")
-                return cls(torch.from_numpy(data["features"].astype(np.float32)), [Path(p) for p in data["paths"]],
-                           [None if v < 0 else int(v) for v in data["labels"]], [f or None for f in data["folders"]],
-                           str(data["layer"]), str(data["model"]), str(data["space"]),
-                           [(Path(p), str(r)) for p, r in data["skipped"]], str(data["key"]))
+                return cls.from_arrays({name: data[name] for name in data.files})
         except (OSError, KeyError, ValueError) as error:
             raise DeepscopeError(f"{path}: not a deepscope feature bank ({error}).") from None
 
@@ -171,7 +195,7 @@ def pool_features(activation: torch.Tensor) -> torch.Tensor:
 
 
 def extract_features(loaded: LoadedModel, images: ImageSet, layer: str | None = None, *, batch_size: int = 32,
-                     cache: str | Path | bool | None = None, progress: bool = False) -> FeatureBank:
+                     cache: Cache | str | Path | bool | None = None, progress: bool = False) -> FeatureBank:
     """The feature bank of ``images`` at ``layer`` (default: :func:`default_feature_layer`).
 
     Parameters
@@ -179,11 +203,11 @@ def extract_features(loaded: LoadedModel, images: ImageSet, layer: str | None = 
     loaded : LoadedModel
         The model (left unchanged; run on its own device) and its preprocessing.
     images : ImageSet
-        Unreadable files get no row and are appended to ``images.skipped``.
+        Files that cannot be read get no row; the bank's ``skipped`` lists them.
     layer : str, optional
         A module name (its output) or ``"NAME:input"``.
-    cache : path, bool or None
-        Cache folder; None or True: the default folder (module docstring); False: no cache.
+    cache : Cache, path, bool or None
+        A :class:`~deepscope.cache.Cache` or its folder; None or True: the default folder; False: no cache.
     progress : bool
         Show a progress bar.
     """
@@ -191,27 +215,31 @@ def extract_features(loaded: LoadedModel, images: ImageSet, layer: str | None = 
     layer = layer or default_feature_layer(model)
     module = layer.removesuffix(INPUT_SUFFIX)
     get_layer(model, module)
-    key = _cache_key(space="features", model=model_identity(model), layer=layer, preprocess=repr(loaded.preprocess),
-                     files=file_digests(images.paths))
-    path = _cache_file(cache, loaded.name, layer, key)
-    if path is not None and (bank := _read_cached(path, key, images)) is not None:
-        return bank
-    device = model_device(model)
-    chunks, indices, known = [], [], len(images.skipped)
-    with Probe(model, [] if layer.endswith(INPUT_SUFFIX) else [module], detach=True) as probe, torch.inference_mode():
-        if layer.endswith(INPUT_SUFFIX):
-            probe.capture_inputs([module])
-        for batch in iter_batches(images, loaded.preprocess, batch_size, progress=progress and "features"):
-            probe(batch.inputs.to(device))
-            if layer not in probe.activations:
-                raise LayerNotFoundError(f"layer {module!r} did not run in the forward pass; choose another layer.")
-            chunks.append(pool_features(probe.activations[layer]).float().cpu())
-            indices += batch.indices
-    return _finish(images, indices, chunks, known, layer, loaded.name, "features", key, path)
+    key = make_key("features", model_digest(loaded), loaded.name, layer, images_digest(images))
+
+    def compute() -> FeatureBank:
+        device = model_device(model)
+        chunks, indices, skipped = [], [], list(images.skipped)
+        with Probe(model, [] if layer.endswith(INPUT_SUFFIX) else [module], detach=True) as probe, \
+                torch.inference_mode():
+            if layer.endswith(INPUT_SUFFIX):
+                probe.capture_inputs([module])
+            for batch in iter_batches(images, loaded.preprocess, batch_size, progress=progress and "features"):
+                skipped += batch.skipped
+                if not batch.indices:
+                    continue
+                probe(batch.inputs.to(device))
+                if layer not in probe.activations:
+                    raise LayerNotFoundError(f"layer {module!r} did not run in the forward pass; choose another layer.")
+                chunks.append(pool_features(probe.activations[layer]).float().cpu())
+                indices += batch.indices
+        return _bank(images, indices, chunks, skipped, layer, loaded.name, "features", key)
+
+    return _cached_bank(cache, key, compute)
 
 
 def pixel_bank(images: ImageSet, preprocess: Preprocess, *, size: int | None = None, batch_size: int = 32,
-               cache: str | Path | bool | None = None, progress: bool = False) -> FeatureBank:
+               cache: Cache | str | Path | bool | None = None, progress: bool = False) -> FeatureBank:
     """The preprocessed pixels of ``images`` as a bank (``3 * H * W`` numbers per image): the baseline
     feature space. ``size`` first shrinks the model input to ``size x size`` (area averaging).
 
@@ -222,85 +250,38 @@ def pixel_bank(images: ImageSet, preprocess: Preprocess, *, size: int | None = N
         return pixels if size is None else F.interpolate(pixels[None], size=(size, size), mode="area")[0]
 
     layer = "pixels" if size is None else f"pixels@{size}"
-    key = _cache_key(space="pixels", layer=layer, preprocess=repr(preprocess), files=file_digests(images.paths))
-    path = _cache_file(cache, "pixels", layer, key)
-    if path is not None and (bank := _read_cached(path, key, images)) is not None:
-        return bank
-    chunks, indices, known = [], [], len(images.skipped)
-    for batch in iter_batches(images, transform, batch_size, progress=progress and "pixels"):
-        chunks.append(batch.inputs.flatten(1).half().float())
-        indices += batch.indices
-    return _finish(images, indices, chunks, known, layer, "pixels", "pixels", key, path)
+    key = make_key("pixels", repr(preprocess), layer, images_digest(images))
+
+    def compute() -> FeatureBank:
+        chunks, indices, skipped = [], [], list(images.skipped)
+        for batch in iter_batches(images, transform, batch_size, progress=progress and "pixels"):
+            skipped += batch.skipped
+            if batch.indices:
+                chunks.append(batch.inputs.flatten(1).half().float())
+                indices += batch.indices
+        return _bank(images, indices, chunks, skipped, layer, "pixels", "pixels", key)
+
+    return _cached_bank(cache, key, compute)
 
 
-def _finish(images: ImageSet, indices: list[int], chunks: list[torch.Tensor], known: int, layer: str, model: str,
-            space: str, key: str, path: Path | None) -> FeatureBank:
-    """Assemble a bank from extracted rows, keep one skip entry per file, and cache it."""
-    seen = {p for p, _ in images.skipped[:known]}
-    new = [(p, r) for p, r in images.skipped[known:] if p not in seen]
-    del images.skipped[known:]
-    images.skipped.extend(dict(new).items())
+def _bank(images: ImageSet, indices: list[int], chunks: list[torch.Tensor], skipped: list[Skip], layer: str,
+          model: str, space: str, key: str) -> FeatureBank:
+    """Assemble a bank from extracted rows."""
     if not indices:
         raise DeepscopeError(f"none of the {len(images)} image(s) under {images.root} could be read.")
-    bank = FeatureBank(torch.cat(chunks), [images.paths[i] for i in indices], [images.labels[i] for i in indices],
-                       [images.folders[i] for i in indices], layer, model, space, list(dict(new).items()), key)
-    if path is not None:
-        bank.save(path)
-    return bank
+    return FeatureBank(torch.cat(chunks), [images.paths[i] for i in indices], [images.labels[i] for i in indices],
+                       [images.folders[i] for i in indices], layer, model, space, skipped, key)
 
 
-# -- cache ----------------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """``$DEEPSCOPE_CACHE``, else ``$XDG_CACHE_HOME/deepscope``, else ``~/.cache/deepscope``."""
-    if os.environ.get("DEEPSCOPE_CACHE"):
-        return Path(os.environ["DEEPSCOPE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepscope"
+def _cached_bank(cache: Cache | str | Path | bool | None, key: str, compute) -> FeatureBank:
+    """The bank stored under ``key``, else ``compute()`` stored there."""
+    def read(arrays) -> FeatureBank:
+        bank = FeatureBank.from_arrays(arrays)
+        if bank.key != key:
+            raise ValueError(f"the entry holds key {bank.key[:12]}..., not {key[:12]}...")
+        return bank
 
-
-def model_identity(model: nn.Module) -> str:
-    """A hash of the model's class and every ``state_dict`` tensor (names, dtypes, shapes and bytes)."""
-    digest = hashlib.blake2b(f"{type(model).__module__}.{type(model).__qualname__}".encode(), digest_size=20)
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def file_digests(paths: Sequence[Path]) -> list[str]:
-    """``"path:hash"`` of each file's bytes (``"path:missing"`` when it cannot be read)."""
-    def digest(path: Path) -> str:
-        try:
-            return f"{path}:{hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()}"
-        except OSError:
-            return f"{path}:missing"
-    return [digest(Path(p)) for p in paths]
-
-
-def _cache_key(**parts) -> str:
-    parts["version"] = FORMAT_VERSION
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=20).hexdigest()
-
-
-def _cache_file(cache: str | Path | bool | None, model: str, layer: str, key: str) -> Path | None:
-    if cache is False:
-        return None
-    folder = default_cache_dir() if cache is None or cache is True else Path(cache)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model}-{layer}")
-    return folder / "features" / f"{safe}-{key[:20]}.npz"
-
-
-def _read_cached(path: Path, key: str, images: ImageSet) -> FeatureBank | None:
-    if not path.is_file():
-        return None
-    try:
-        bank = FeatureBank.load(path)
-    except DeepscopeError:
-        return None  # a damaged cache entry is recomputed and replaced
-    if bank.key != key:
-        return None
-    known = {p for p, _ in images.skipped}
-    images.skipped.extend((p, r) for p, r in bank.skipped if p not in known)
-    return bank
+    return Cache.open(cache).get_or_compute("features", key, compute, read, write=FeatureBank.arrays, arrays=True)
 
 
 # -- nearest neighbours -----------------------------------------------------------------------------------

@@ -61,3 +61,9 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def display_path(path: str | Path) -> str:
+    """A file name as it may be shown on a terminal: control and other unprintable characters (escape
+    sequences, newlines, bidirectional overrides) written as ``\\x1b``, ``\\n``, ``\\u202e``."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(path))

@@ -7,7 +7,8 @@ of that neuron next to each crop.
 
 - :func:`receptive_field` computes a layer's receptive field from the architecture (kernel sizes,
   strides, paddings and dilations along the path to the layer; TF-``SAME`` convolutions, pooling,
-  residual blocks), and falls back to the support of the input gradient for layers it cannot follow.
+  residual blocks; see :mod:`deepscope.geometry`), and falls back to the support of the input gradient
+  for layers it cannot follow.
 - :func:`top_activations` keeps a running top-k per channel while scanning batches (activations of the
   whole dataset are never held in memory).
 - :func:`neuron_view` puts both together into crops and guided-backprop crops for a figure.
@@ -15,7 +16,7 @@ of that neuron next to each crop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,7 +26,8 @@ from torch import nn
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.errors import DeepscopeError, TargetError, UnsupportedModelError
-from deepscope.images import ImageSet, iter_batches, load_image
+from deepscope.geometry import walk_fields
+from deepscope.images import ImageSet, Photos, Skip, iter_batches
 from deepscope.models.preprocess import Preprocess
 from deepscope.probe import Probe, get_layer, model_device
 
@@ -44,118 +46,6 @@ class ReceptiveField(NamedTuple):
     method: str = "architecture"
 
 
-class _Unfollowable(Exception):
-    """A module whose effect on the receptive field the architecture walk cannot know."""
-
-
-#: modules that act on each position separately (the receptive field passes through unchanged)
-_POINTWISE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm2d, nn.Identity,
-              nn.Dropout, nn.Dropout2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
-              nn.Mish, nn.LeakyReLU, nn.ELU, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus, nn.Tanh, nn.Sigmoid,
-              nn.Hardtanh)
-#: names of a block's children that form a parallel branch from the block's input (ResNet shortcuts)
-_SHORTCUT_NAMES = ("downsample", "shortcut", "skip")
-
-
-@dataclass
-class _Field:
-    """Receptive field of one feature map w.r.t. the input, and that map's size, along one axis."""
-
-    size: int = 1
-    stride: int = 1
-    start: int = 0     # first input pixel seen by position 0
-    length: int = 0    # spatial length of the feature map
-
-    def window(self, kernel: int, stride: int, pad_before: int, dilation: int, out_length: int) -> "_Field":
-        extent = (kernel - 1) * dilation + 1
-        return _Field(self.size + (extent - 1) * self.stride, self.stride * stride,
-                      self.start - pad_before * self.stride, out_length)
-
-    def union(self, other: "_Field") -> "_Field":
-        if (other.stride, other.length) != (self.stride, self.length):
-            raise _Unfollowable("branches with different strides")
-        start = min(self.start, other.start)
-        end = max(self.start + self.size, other.start + other.size)
-        return _Field(end - start, self.stride, start, self.length)
-
-
-def _same_padding(length: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow 'SAME' padding (before, after) along one axis."""
-    extent = (kernel - 1) * dilation + 1
-    total = max((-(-length // stride) - 1) * stride + extent - length, 0)
-    return total // 2, total - total // 2
-
-
-def _square(value, name: str) -> int:
-    values = value if isinstance(value, (tuple, list)) else (value, value)
-    if len(set(values)) != 1:
-        raise _Unfollowable(f"non-square {name} {values}")
-    return int(values[0])
-
-
-def _window_layer(field: _Field, module: nn.Module) -> _Field:
-    kernel = _square(module.kernel_size, "kernel")
-    stride = _square(module.stride if module.stride is not None else module.kernel_size, "stride")
-    dilation = _square(getattr(module, "dilation", 1), "dilation")
-    if isinstance(module.padding, str) or _is_tf_same(module):
-        if module.padding == "valid":
-            before = after = 0
-        elif module.padding == "same" and not _is_tf_same(module):  # PyTorch 'same' (stride 1 only)
-            total = (kernel - 1) * dilation
-            before, after = total // 2, total - total // 2
-        else:
-            before, after = _same_padding(field.length, kernel, stride, dilation)
-    else:
-        before = after = _square(module.padding, "padding")
-    extent = (kernel - 1) * dilation + 1
-    padded = field.length + before + after
-    if getattr(module, "ceil_mode", False):
-        out = -(-(padded - extent) // stride) + 1
-        if (out - 1) * stride >= field.length + before:
-            out -= 1
-    else:
-        out = (padded - extent) // stride + 1
-    return field.window(kernel, stride, before, dilation, out)
-
-
-def _is_tf_same(module: nn.Module) -> bool:
-    """TF-'SAME' convolutions whose padding is computed in forward (deepscope's TFLite import, timm)."""
-    return hasattr(module, "pad_amounts") or type(module).__name__.endswith("Same")
-
-
-def _walk(module: nn.Module, field: _Field, path: list[str]) -> _Field:
-    """The field after ``module`` (or, with a non-empty ``path``, after its sub-module ``path``)."""
-    if not path:
-        if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-            return _window_layer(field, module)
-        if isinstance(module, _POINTWISE):
-            return field
-        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            size = module.output_size
-            if size is None or (size if isinstance(size, int) else tuple(size)) in (field.length, (field.length,) * 2):
-                return field
-            raise _Unfollowable(f"{type(module).__name__}")
-        if not any(True for _ in module.children()):
-            raise _Unfollowable(type(module).__name__)
-    children = list(module.named_children())
-    if not children:
-        raise _Unfollowable(type(module).__name__)
-    # Children are taken to run in order (Sequential chains, residual blocks whose skip is the
-    # identity); shortcut branches run from the block's input in parallel and are united at the end.
-    main = field
-    shortcuts = []
-    for name, child in children:
-        if path and name == path[0]:
-            return _walk(child, main, path[1:])
-        if name in _SHORTCUT_NAMES:
-            shortcuts.append(_walk(child, field, []))
-        else:
-            main = _walk(child, main, [])
-    for branch in shortcuts:
-        main = main.union(branch)
-    return main
-
-
 def architecture_receptive_field(model: nn.Module, layer: str, input_size: int) -> ReceptiveField:
     """Receptive field of ``layer`` from the modules on the path to it.
 
@@ -166,15 +56,19 @@ def architecture_receptive_field(model: nn.Module, layer: str, input_size: int) 
         a block, non-square kernels, ...), or the computed feature-map size disagrees with the model's.
     """
     get_layer(model, layer)
-    try:
-        field = _walk(model, _Field(length=input_size), layer.split("."))
-    except _Unfollowable as error:
-        raise UnsupportedModelError(f"cannot follow the architecture to layer {layer!r}: {error}.") from None
+    walk = walk_fields(model, (input_size, input_size))
+    if layer not in walk.fields:
+        reason = walk.stopped or "it lies inside a layer taken as a whole"
+        raise UnsupportedModelError(f"cannot follow the architecture to layer {layer!r}: {reason}.")
+    rows, columns = walk.fields[layer]
+    if rows != columns:
+        raise UnsupportedModelError(f"cannot follow the architecture to layer {layer!r}: its receptive field is not "
+                                    f"square ({rows.size}x{columns.size} px, stride {rows.stride}x{columns.stride}).")
     actual = _feature_size(model, layer, input_size)
-    if actual != field.length:
+    if actual != rows.length:
         raise UnsupportedModelError(f"cannot follow the architecture to layer {layer!r}: computed a "
-                                    f"{field.length}-px feature map, the model gives {actual} px.")
-    return ReceptiveField(field.size, field.stride, field.start, "architecture")
+                                    f"{rows.length}-px feature map, the model gives {actual} px.")
+    return ReceptiveField(rows.size, rows.stride, rows.offset, "architecture")
 
 
 def _feature_size(model: nn.Module, layer: str, input_size: int) -> int:
@@ -269,6 +163,8 @@ class TopActivations:
         ``(y, x)`` of the neuron in the feature map.
     map_size : int
         Side of the layer's feature map.
+    skipped : list of (Path, str)
+        Files of the image set that were not scanned (not images, or unreadable), and why.
     """
 
     layer: str
@@ -277,6 +173,7 @@ class TopActivations:
     image_indices: torch.Tensor
     positions: torch.Tensor
     map_size: int
+    skipped: list[Skip]
 
     def select(self, channels: Sequence[int], k: int) -> "TopActivations":
         """The first ``k`` of the given ``channels`` (each must be among :attr:`channels`)."""
@@ -286,7 +183,7 @@ class TopActivations:
                                  f"image(s) each, do not hold channels {missing} or k={k}.")
         rows = torch.tensor([self.channels.index(c) for c in channels], dtype=torch.long)
         return TopActivations(self.layer, list(channels), self.values[rows, :k], self.image_indices[rows, :k],
-                              self.positions[rows, :k], self.map_size)
+                              self.positions[rows, :k], self.map_size, self.skipped)
 
 
 def batch_top_activations(activation: torch.Tensor, channels: Sequence[int],
@@ -337,8 +234,12 @@ def top_activations(model: nn.Module, images: ImageSet, transform, layer: str, c
     device = model_device(model)
     best = None
     map_size = 0
+    skipped = list(images.skipped)
     with Probe(model, [layer], detach=True) as probe, torch.inference_mode():
         for batch in iter_batches(images, transform, batch_size, progress="activations" if progress else False):
+            skipped += batch.skipped
+            if not batch.indices:
+                continue
             probe(batch.inputs.to(device))
             activation = probe.activations[layer]
             if activation.ndim != 4:
@@ -357,7 +258,7 @@ def top_activations(model: nn.Module, images: ImageSet, transform, layer: str, c
         raise DeepscopeError("no readable image to scan.")
     values, image_indices, flat = best
     positions = torch.stack([flat // map_size, flat % map_size], dim=-1)
-    return TopActivations(layer, list(channels), values, image_indices, positions, map_size)
+    return TopActivations(layer, list(channels), values, image_indices, positions, map_size, skipped)
 
 
 # -- crops and guided backprop -------------------------------------------------------------------------
@@ -381,13 +282,17 @@ class NeuronView:
 
 
 def neuron_view(model: nn.Module, preprocess: Preprocess, images: ImageSet, layer: str, channels: Sequence[int],
-                k: int = 9, *, neuron: tuple[int, int] | None = None, batch_size: int = 32,
+                k: int = 9, *, neuron: tuple[int, int] | None = None,
+                pixels: Callable[[Sequence[int]], torch.Tensor] | None = None, batch_size: int = 32,
                 progress: bool = True, top: TopActivations | None = None) -> NeuronView:
     """Scan ``images`` for ``channels`` of ``layer`` and cut their top-k crops with guided backprop.
 
     With ``neuron=(y, x)`` images are ranked by that one spatial neuron of each channel (see
-    :func:`top_activations`). ``top`` gives top activations found before (over ``images``, of ``layer``,
-    with these channels among its own, e.g. a neurons job's): the images are then not scanned again.
+    :func:`top_activations`). ``pixels(indices)`` gives the ``(N, 3, S, S)`` [0, 1] crops
+    (``preprocess.crop``) of the top images by their positions in ``images``, e.g. from photos a caller
+    has decoded already; by default they are decoded here, each once. ``top`` gives top activations found
+    before (over ``images``, of ``layer``, with these channels among its own, e.g. a neurons job's): the
+    images are then not scanned again.
 
     Guided backprop (Springenberg et al. 2015) of neuron ``a[:, c, y, x]`` at each image's strongest
     position; models with activations guided backprop cannot handle get the plain gradient instead
@@ -405,21 +310,27 @@ def neuron_view(model: nn.Module, preprocess: Preprocess, images: ImageSet, laye
     except UnsupportedModelError:
         method = Gradient(model, absolute=False, neuron_layer=layer)
         gradient_method = "gradient"
+    if pixels is None:
+        photos = Photos(preprocess)
+
+        def pixels(indices: Sequence[int]) -> torch.Tensor:
+            return photos.crops([images.paths[i] for i in indices])
+
     device = model_device(model)
     boxes, crops, guided, paths = [], [], [], []
     for row, channel in enumerate(top.channels):
         indices = top.image_indices[row].tolist()
-        pixels = torch.stack([preprocess.crop(load_image(images.paths[i])) for i in indices]).to(device)
+        top_pixels = pixels(indices).to(device)
         ys, xs = top.positions[row, :, 0].to(device), top.positions[row, :, 1].to(device)
         arange = torch.arange(len(indices), device=device)
 
         def score(activation, c=channel, ys=ys, xs=xs, arange=arange):
             return activation[arange, c, ys, xs]
 
-        grads = method.attribute(preprocess.normalize(pixels), target=score)
+        grads = method.attribute(preprocess.normalize(top_pixels), target=score)
         row_boxes = [neuron_box(field, int(y), int(x), preprocess.input_size) for y, x in top.positions[row].tolist()]
         boxes.append(row_boxes)
-        crops.append([p[:, t:b, l:r] for p, (t, l, b, r) in zip(pixels, row_boxes)])
+        crops.append([p[:, t:b, l:r] for p, (t, l, b, r) in zip(top_pixels, row_boxes)])
         guided.append([g[:, t:b, l:r] for g, (t, l, b, r) in zip(grads, row_boxes)])
         paths.append([str(images.paths[i]) for i in indices])
     return NeuronView(layer, top.channels, top, field, boxes, crops, guided, paths, gradient_method)

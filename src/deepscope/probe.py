@@ -7,6 +7,11 @@ backward cost); on exit -- also when the body raises -- it removes every hook it
 restores each module's ``training`` flag and each parameter's ``requires_grad`` exactly as they were.
 Weights and module types are never changed.
 
+Methods that change the backward pass (guided backprop, LRP) do it through the probe too: a gradient
+rule on a module's output (:meth:`Probe.rewrite_output_gradients`), a custom backward for a whole module
+(:meth:`Probe.replace_backward`), or a rule for torch functions called in the model's own ``forward``
+code, such as a residual ``x + y`` (:meth:`Probe.route_functions`). All of them end with the probe.
+
 Example
 -------
 >>> with Probe(model, layers=["features.18"]) as probe:
@@ -17,13 +22,23 @@ Example
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.overrides import TorchFunctionMode
 
 from deepscope.errors import LayerNotFoundError, did_you_mean
 
 GradientRule = Callable[[torch.Tensor], torch.Tensor]
+#: ``backward(saved_inputs, grad_output) -> one gradient (or None) per saved input``.
+Backward = Callable[[tuple[torch.Tensor, ...], torch.Tensor], Sequence[torch.Tensor | None]]
+#: ``connect(input, output) -> (tensors the output depends on, their backward)``; see :meth:`Probe.replace_backward`.
+Connect = Callable[[torch.Tensor, torch.Tensor], tuple[tuple[torch.Tensor, ...], Backward]]
+#: ``handler(func, args, kwargs) -> result``, or ``NotImplemented`` to run the call as usual.
+FunctionHandler = Callable[[Callable, tuple, dict], Any]
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -76,6 +91,8 @@ class Probe:
         self.activations: dict[str, torch.Tensor] = {}
         self._modules = {name: get_layer(model, name) for name in self.layers}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._pending: dict[nn.Module, list[torch.Tensor | None]] = {}
+        self._function_handlers: list[FunctionHandler] = []
         self._saved_training: list[tuple[nn.Module, bool]] = []
         self._saved_requires_grad: list[tuple[nn.Parameter, bool]] = []
         self._active = False
@@ -106,6 +123,8 @@ class Probe:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._pending.clear()
+        self._function_handlers.clear()
         for module, training in self._saved_training:
             module.training = training
         for parameter, requires_grad in self._saved_requires_grad:
@@ -120,7 +139,10 @@ class Probe:
         """Run the model; captured activations are replaced by this pass's."""
         if not self._active:
             raise RuntimeError("use the Probe inside a `with` block")
-        return self.model(inputs)
+        with ExitStack() as stack:
+            for handler in self._function_handlers:
+                stack.enter_context(_FunctionRouter(handler))
+            return self.model(inputs)
 
     def _capture_hook(self, name: str):
         def hook(module, args, output):
@@ -185,9 +207,93 @@ class Probe:
 
         self._handles.append(get_layer(self.model, name).register_forward_hook(hook))
 
+    def replace_backward(self, module: nn.Module, connect: Connect) -> None:
+        """Run ``module`` without recording a graph and give its output a backward of the caller's choosing.
+
+        At every call whose first input requires grad (with grad mode on), the module runs on
+        ``input.detach()``, so autograd saves nothing inside it; then ``connect(input, output)`` returns
+        the tensors the output is to depend on -- usually ``(input,)``, or the input of an earlier module
+        to skip over both -- and ``backward(those tensors, grad_output)``, which returns one gradient per
+        tensor (see :func:`attach_backward`). Calls on inputs that need no gradient (inside another
+        replaced module, under ``torch.no_grad()``) run unchanged. This is how LRP puts a relevance rule
+        on a layer without changing the layer. The hooks go away when the probe exits.
+        """
+        if not self._active:
+            raise RuntimeError("use the Probe inside a `with` block")
+        pending = self._pending.setdefault(module, [])
+
+        def pre_hook(module, args):
+            first = args[0] if args else None
+            if not (isinstance(first, torch.Tensor) and first.requires_grad and torch.is_grad_enabled()):
+                pending.append(None)
+                return None
+            pending.append(first)
+            return (first.detach(), *args[1:])
+
+        def hook(module, args, output):
+            first = pending.pop() if pending else None
+            if first is None or not isinstance(output, torch.Tensor):
+                return None
+            inputs, backward = connect(first, output)
+            return attach_backward(output, inputs, backward)
+
+        self._handles.append(module.register_forward_pre_hook(pre_hook))
+        self._handles.append(module.register_forward_hook(hook))
+
+    def route_functions(self, handler: FunctionHandler) -> None:
+        """During the model calls of this probe, offer every torch function call to ``handler`` first.
+
+        ``handler(func, args, kwargs)`` returns the call's result, or ``NotImplemented`` to run it as usual.
+        It sees the calls of the model's own ``forward`` code (``x + y``, ``F.relu``, ``torch.cat``) as well as
+        those inside modules; torch calls made by the handler itself are not routed again. The routing
+        (a :class:`torch.overrides.TorchFunctionMode`) is active only while :meth:`__call__` runs the model.
+        """
+        if not self._active:
+            raise RuntimeError("use the Probe inside a `with` block")
+        self._function_handlers.append(handler)
+
     def hook_count(self) -> int:
         """Hooks this probe has registered and not yet removed."""
         return len(self._handles)
+
+
+class _FunctionRouter(TorchFunctionMode):
+    def __init__(self, handler: FunctionHandler):
+        super().__init__()
+        self.handler = handler
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = self.handler(func, args, kwargs)
+        return func(*args, **kwargs) if result is NotImplemented else result
+
+
+class AttachedBackward(torch.autograd.Function):
+    """Identity on a tensor computed without a graph; its backward is the given function of the saved inputs."""
+
+    @staticmethod
+    def forward(ctx, backward, box, *inputs):
+        ctx.backward_rule = backward
+        ctx.save_for_backward(*inputs)
+        return box[0]  # passed in a list, so autograd treats it as a new output (no copy, no view)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        return (None, None, *ctx.backward_rule(ctx.saved_tensors, grad_output))
+
+
+def attach_backward(output: torch.Tensor, inputs: Sequence[torch.Tensor], backward: Backward) -> torch.Tensor:
+    """``output`` (computed without a graph) as a tensor whose gradient flows to ``inputs`` through ``backward``.
+
+    ``backward(inputs, grad_output)`` returns one gradient (or None) per input; ``inputs`` are saved for it,
+    so an in-place change to one of them afterwards makes the backward pass raise instead of computing with
+    changed values. The returned tensor is ``output`` itself (no copy) unless ``output`` is a view or already
+    part of a graph.
+    """
+    if output._is_view() or output.requires_grad:
+        output = output.detach().clone()
+    return AttachedBackward.apply(backward, [output], *inputs)
 
 
 def input_gradient(scores: torch.Tensor, inputs: torch.Tensor, *extra: torch.Tensor,

@@ -38,6 +38,9 @@ def resolve_target(target: Target, output: torch.Tensor) -> torch.Tensor | Calla
         return output.detach().argmax(dim=1)
     if isinstance(target, bool):
         raise TargetError(f"target must be a class index, got {target!r}.")
+    if isinstance(target, str):
+        raise TargetError(f"target must be a class index, got the name {target!r}; look it up with "
+                          f"loaded.classes.index({target!r}).")
     if isinstance(target, int):
         indices = torch.full((n,), target, dtype=torch.long, device=output.device)
     else:

@@ -22,7 +22,7 @@ from deepscope.errors import DeepscopeError, UnsupportedModelError
 from deepscope.evaluation.deletion_insertion import PerturbationCurve, deletion_curve, insertion_curve
 from deepscope.evaluation.pointing_game import PointingResult, grid_pointing_game
 from deepscope.evaluation.randomization import RandomizationResult, cascading_randomization
-from deepscope.images import ImageSet, load_inputs
+from deepscope.images import ImageSet, Photos, draw_per_group
 from deepscope.models.zoo import LoadedModel
 from deepscope.probe import model_device
 
@@ -84,21 +84,13 @@ def select_images(images: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
     """``per_class`` images of each class folder (all of a flat folder up to that many), drawn with ``seed``."""
     if per_class < 1:
         raise DeepscopeError(f"images per class must be at least 1, got {per_class}.")
-    groups: dict = {}
-    for index, folder in enumerate(images.folders):
-        groups.setdefault(folder, []).append(index)
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for members in groups.values():
-        order = torch.randperm(len(members), generator=generator)[:per_class].tolist()
-        chosen += sorted(members[i] for i in order)
-    return images.subset(chosen)
+    return images.subset(draw_per_group(list(enumerate(images.folders)), per_class, seed))
 
 
 def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[str], *, images_per_class: int = 2,
                      mosaics: int = 20, steps: int = 50, cascade_steps: int = 1, cascade_depth: int | None = 2,
                      randomization_images: int = 8, layer: str | None = None, batch_size: int = 32, seed: int = 0,
-                     method_options: Mapping[str, Mapping] | None = None,
+                     method_options: Mapping[str, Mapping] | None = None, photos: Photos | None = None,
                      progress: bool = False) -> list[MethodEvaluation]:
     """Deletion, insertion, grid pointing game and top-layer randomisation for each method of the catalogue.
 
@@ -124,6 +116,8 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
         Offered to every method that declares the option (``layer``: the CAMs' layer).
     method_options : mapping of method name to options, optional
         Options of single methods (e.g. ``{"ig": {"steps": 16}}``); each is checked by the catalogue.
+    photos : Photos, optional
+        Where the chosen photos are decoded (kept there for a caller that shows them); default: a new one.
 
     Maps are ranked as they are displayed: channels reduced by each method's ``display.reduction``.
     """
@@ -135,7 +129,10 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
         get_method(name).check_options(options)  # a misspelt option fails before any work
     chosen = select_images(images, images_per_class, seed)
     device = model_device(loaded.model)
-    inputs = load_inputs(chosen.paths, loaded.preprocess).to(device)
+    photos = photos or Photos(loaded.preprocess)
+    if photos.preprocess != loaded.preprocess:
+        raise DeepscopeError("photos: crop the photos with the model's preprocessing (Photos(loaded.preprocess)).")
+    inputs = loaded.preprocess.normalize(photos.crops(chosen.paths)).to(device)
     labelled = [i for i, label in enumerate(chosen.labels) if label is not None]
     results = []
     for name, entry in tqdm(entries.items(), desc="methods", unit="method", disable=not progress):

@@ -6,8 +6,10 @@ from deepscope.attribution.controls import CenterMap, RandomMap
 from deepscope.attribution.gradient import Gradient
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.attribution.integrated_gradients import IntegratedGradients
+from deepscope.attribution.lrp import LRP
 from deepscope.attribution.occlusion import Occlusion
 from deepscope.attribution.smoothgrad import SmoothGrad
 
 __all__ = ["Attribution", "CAM", "CenterMap", "GradCAM", "GradCAMPlusPlus", "Gradient", "GuidedBackprop",
-           "GuidedGradCAM", "IntegratedGradients", "LayerCAM", "Occlusion", "RandomMap", "ScoreCAM", "SmoothGrad"]
+           "GuidedGradCAM", "IntegratedGradients", "LRP", "LayerCAM", "Occlusion", "RandomMap", "ScoreCAM",
+           "SmoothGrad"]

@@ -45,9 +45,14 @@ class Attribution:
         self.model = model
 
     def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
-        """Maps for ``inputs`` and ``target`` (see the module docstring)."""
-        check_inputs(inputs)
-        return self._attribute(inputs.detach(), target)
+        """Maps for ``inputs`` and ``target`` (see the module docstring).
+
+        ``inputs`` are checked and prepared by :func:`check_inputs` first (cast to the model's dtype; refused
+        when they are not a non-empty, finite (N, C, H, W) float batch of the channels the model takes). Works
+        inside ``torch.inference_mode()`` too: gradients are computed in a block where it is off.
+        """
+        with torch.inference_mode(False):
+            return self._attribute(check_inputs(inputs, self.model), target)
 
     __call__ = attribute
 
@@ -59,12 +64,57 @@ class Attribution:
         return f"{type(self).__name__}({options})"
 
 
-def check_inputs(inputs: torch.Tensor) -> None:
-    """Raise a clear error unless ``inputs`` is a (N, C, H, W) floating-point tensor."""
+def check_inputs(inputs: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """The batch a method runs on, or a :class:`DeepscopeError` that says what to pass instead.
+
+    Refused: anything but a tensor; a single image (3-D: add a batch dimension); integer pixels (normalise
+    them first, e.g. ``loaded.preprocess``); an empty batch; NaN or infinite values (they would give maps of
+    zeros or NaNs); a channel count other than what the model's first convolution takes. Cast: a floating
+    dtype other than the model's (float64 inputs to a float32 model) becomes the model's. An inference tensor
+    (made under ``torch.inference_mode()``) is copied into a normal one. Returned detached; never modified.
+    """
     if not isinstance(inputs, torch.Tensor):
-        raise DeepscopeError(f"inputs must be a torch.Tensor of shape (N, C, H, W), got {type(inputs).__name__}.")
-    if inputs.ndim != 4:
-        raise DeepscopeError(f"inputs must be a batch of shape (N, C, H, W), got shape {tuple(inputs.shape)}; "
+        raise DeepscopeError(f"inputs must be a torch.Tensor of shape (N, C, H, W), got {type(inputs).__name__}; "
+                             "load photos with deepscope.images.load_inputs(paths, loaded.preprocess).")
+    if inputs.ndim == 3:
+        raise DeepscopeError(f"inputs must be a batch (N, C, H, W), got one image of shape {tuple(inputs.shape)}; "
                              "add a batch dimension with inputs.unsqueeze(0).")
+    if inputs.ndim != 4:
+        raise DeepscopeError(f"inputs must be a batch of shape (N, C, H, W), got shape {tuple(inputs.shape)}.")
     if not inputs.dtype.is_floating_point:
-        raise DeepscopeError(f"inputs must be floating point (normalised model input), got {inputs.dtype}.")
+        raise DeepscopeError(f"inputs must be floating point (normalised model input), got {inputs.dtype}; "
+                             "normalise the pixels first, e.g. with loaded.preprocess.")
+    if inputs.shape[0] == 0:
+        raise DeepscopeError("inputs is an empty batch (N = 0); give at least one image.")
+    expected = _input_channels(model)
+    if expected is not None and inputs.shape[1] != expected:
+        raise DeepscopeError(f"inputs have {inputs.shape[1]} channel(s) but the model takes {expected}; "
+                             "convert the images (deepscope.images.load_image gives RGB) and normalise them.")
+    finite = torch.isfinite(inputs).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise DeepscopeError(f"inputs contain NaN or infinite values (sample(s) {', '.join(map(str, bad[:5]))}"
+                             f"{' ...' if len(bad) > 5 else ''}); check how they were made.")
+    dtype = _model_dtype(model)
+    if dtype is not None and inputs.dtype != dtype:
+        inputs = inputs.to(dtype)
+    if inputs.is_inference():
+        with torch.inference_mode(False):
+            inputs = inputs.clone()
+    return inputs.detach()
+
+
+def _model_dtype(model: nn.Module | None) -> torch.dtype | None:
+    """The floating dtype of the model's first floating parameter (None without one)."""
+    for parameter in model.parameters() if model is not None else ():
+        if parameter.dtype.is_floating_point:
+            return parameter.dtype
+    return None
+
+
+def _input_channels(model: nn.Module | None) -> int | None:
+    """The channel count the model's first convolution takes (None if it has none, or a grouped one)."""
+    for module in model.modules() if model is not None else ():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels if module.groups == 1 else None
+    return None

@@ -184,8 +184,8 @@ class ClassActivationMap(Attribution):
 
         With several layers: the mean of their min-max normalised maps at the finest layer's resolution.
         """
-        check_inputs(inputs)
-        maps = self._layer_maps(inputs.detach(), target)
+        with torch.inference_mode(False):
+            maps = self._layer_maps(check_inputs(inputs, self.model), target)
         if len(maps) == 1:
             return maps[0]
         return _mean_of_normalised(maps, max((tuple(m.shape[-2:]) for m in maps), key=math.prod))

@@ -18,11 +18,12 @@ from torch import nn
 
 from deepscope.attribution.gradient import Gradient
 from deepscope.errors import UnsupportedModelError
+from deepscope.geometry import activation_types
 from deepscope.probe import Probe
 
-GUIDED_TYPES = (nn.ReLU, nn.ReLU6)
-UNGUIDABLE_TYPES = (nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.LeakyReLU, nn.ELU, nn.PReLU,
-                    nn.SELU, nn.CELU, nn.Softplus, nn.Tanh, nn.Sigmoid, nn.Hardtanh)
+#: activations guided and refused, from the table of element-wise modules (each with its reason there)
+GUIDED_TYPES = activation_types("guided")
+UNGUIDABLE_TYPES = activation_types("refused")
 
 
 def _positive_part(grad: torch.Tensor) -> torch.Tensor:

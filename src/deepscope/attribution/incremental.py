@@ -8,8 +8,9 @@ first layers need not see the whole image.
 The model is cut at a chain of its sequential stages -- children of the model and of its
 ``nn.Sequential`` containers (``features.1``, ``features.2``, ... or ``layer1.0``, ``layer1.1``, ...)
 -- up to where a layer that is not local (global pooling, a linear layer, squeeze-excitation) comes.
-Local layers are convolutions, pooling windows, batch norm and pointwise activations; a residual
-addition inside a stage is local too. For a batch of changed images:
+Local layers are convolutions, pooling windows and the element-wise layers that
+:mod:`deepscope.geometry` finds local (batch norm in eval mode, activations, ...); a residual addition
+inside a stage is local too, and so is a ResNet shortcut. For a batch of changed images:
 
 1. the first segment (input to the first cut) runs on a crop of each image around its box, as wide as
    the segment's receptive field needs;
@@ -34,63 +35,12 @@ import torch
 from torch import nn
 
 from deepscope.errors import LayerNotFoundError
+from deepscope.geometry import Pair, pair, walk_fields
 from deepscope.probe import Probe, fast_layout, get_layer
-
-#: layers that act on each position (or each channel at each position) on their own
-POINTWISE = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
-             nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardtanh, nn.PReLU, nn.Identity, nn.Dropout, nn.Dropout2d)
-WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-
-Pair = tuple[int, int]
-
-
-def pair(value) -> Pair:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def _align(value: int, step: int) -> int:
     return -(-value // step) * step
-
-
-def _same_padded_types() -> tuple[type, ...]:
-    """Layers that pad in ``forward`` by TensorFlow's 'SAME' rule (the TFLite import's, timm's)."""
-    from deepscope.models.tflite import Conv2dSame
-
-    types: list[type] = [Conv2dSame]
-    try:
-        from timm.layers import AvgPool2dSame, Conv2dSame as TimmConv2dSame
-        types += [TimmConv2dSame, AvgPool2dSame]
-    except ImportError:  # timm is optional
-        pass
-    return tuple(types)
-
-
-def window_geometry(module: nn.Module) -> tuple[Pair, tuple[Pair, Pair]] | None:
-    """(stride, (reach before, reach after) per axis) of a windowed layer, in its input's positions.
-
-    Output position ``p`` reads input positions ``p * stride - before ... p * stride + after``. For
-    'SAME' padding the leading pad is the one for an input that is a multiple of the stride, which the
-    chain's size checks guarantee. ``None`` for a layer that is not windowed.
-    """
-    if not isinstance(module, WINDOWED):
-        return None
-    kernel, stride = pair(module.kernel_size), pair(module.stride or module.kernel_size)
-    dilation = pair(getattr(module, "dilation", 1))
-    spans = [(k - 1) * d for k, d in zip(kernel, dilation)]
-    padding = module.padding
-    if isinstance(module, _same_padded_types()):
-        before = [max(span + 1 - s, 0) // 2 for span, s in zip(spans, stride)]
-    elif type(module) in WINDOWED and not getattr(module, "ceil_mode", False) \
-            and getattr(module, "padding_mode", "zeros") == "zeros":
-        if padding == "same":
-            before = [span // 2 for span in spans]
-        elif padding == "valid":
-            before = [0, 0]
-        else:
-            before = list(pair(padding))
-    else:  # padding decided in a forward we do not know: assume any offset within the span
-        return stride, tuple((span, span) for span in spans)
-    return stride, tuple((b, span - b) for b, span in zip(before, spans))
 
 
 @dataclass(frozen=True)
@@ -122,34 +72,18 @@ def local_stages(model: nn.Module, last: str | None = None) -> list[Stage]:
                 visit(child, f"{prefix}{name}.")
 
     visit(model, "")
-    leaves, skip = [], None
-    for name, module in model.named_modules():
-        if not name or (skip and name.startswith(skip)):
-            continue
-        if isinstance(module, WINDOWED + POINTWISE) or not any(True for _ in module.children()):
-            leaves.append((name, module))
-            skip = name + "."
-    geometry_after_leaf = []
-    stride, reach = [1, 1], [[0, 0], [0, 0]]
-    for name, module in leaves:
-        geometry = window_geometry(module)
-        if geometry is None and not isinstance(module, POINTWISE):
-            break
-        if geometry is not None:
-            for axis in range(2):
-                reach[axis][0] += geometry[1][axis][0] * stride[axis]
-                reach[axis][1] += geometry[1][axis][1] * stride[axis]
-                stride[axis] *= geometry[0][axis]
-        geometry_after_leaf.append((tuple(stride), (tuple(reach[0]), tuple(reach[1]))))
+    walk = walk_fields(model, local=True)
     by_end: dict[int, Stage] = {}
     # outer names come first: an inner stage ending at the same leaf replaces them, unless ``last`` names it
     for stage in stages:
-        inside = [i for i, (name, _) in enumerate(leaves) if name == stage or name.startswith(stage + ".")]
-        if not inside or inside[-1] >= len(geometry_after_leaf):
+        inside = [i for i, name in enumerate(walk.leaves) if name == stage or name.startswith(stage + ".")]
+        if not inside or stage not in walk.fields:
             continue
         end = inside[-1]
         if end not in by_end or by_end[end].name != last:
-            by_end[end] = Stage(stage, *geometry_after_leaf[end])
+            rows, cols = walk.fields[stage]
+            by_end[end] = Stage(stage, (rows.stride, cols.stride),
+                                ((rows.before, rows.after), (cols.before, cols.after)))
     chain = [by_end[end] for end in sorted(by_end)]
     if last is not None:
         names = [stage.name for stage in chain]

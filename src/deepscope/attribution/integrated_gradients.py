@@ -114,8 +114,7 @@ class IntegratedGradients(Attribution):
 
     def completeness_error(self, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None) -> torch.Tensor:
         """(N,) ``sum(attributions) - (score(x) - score(baseline))``; near 0 when enough steps were used."""
-        check_inputs(inputs)
-        inputs = inputs.detach()
+        inputs = check_inputs(inputs, self.model)
         both = batched_forward(self.model, torch.cat([inputs, self.baseline_images(inputs)]), self.batch_size)
         clean, start = both.split(inputs.shape[0])
         resolved = resolve_target(target, clean)

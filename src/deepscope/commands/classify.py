@@ -41,7 +41,6 @@ def run(args) -> int:
         from deepscope.jobs import ClassifyJob, stored_classification
 
         result = stored_classification(run_store_job(args, ClassifyJob(args.top), loaded, images).open())
-        images.skipped += result.skipped
     else:
         result = classify(loaded, images, topk=args.top, batch_size=args.batch_size, progress=not args.quiet)
     names = loaded.classes.names
@@ -62,7 +61,7 @@ def run(args) -> int:
         text = _to_json(result, names) if args.output.lower().endswith(".json") else _to_csv(result, names)
         write_text(args.output, text)
         print(f"wrote {args.output}")
-    report_skipped(images)
+    report_skipped(result.skipped)
     return 0
 
 

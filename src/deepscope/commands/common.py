@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from deepscope.errors import DeepscopeError
-from deepscope.images import ImageSet, scan_images
+from deepscope.images import ImageSet, Skip, describe_skipped, merge_skips, scan_images
 from deepscope.models.zoo import LoadedModel, load_model
 
 
@@ -112,7 +113,9 @@ def images_from_args(args: argparse.Namespace, loaded: LoadedModel) -> ImageSet:
     return scan_images(args.images, loaded.classes)
 
 
-def report_skipped(images: ImageSet) -> None:
-    """Print the summary of files that were skipped, if any, to stderr."""
-    if images.skipped:
-        print(images.skipped_summary(), file=sys.stderr)
+def report_skipped(*skipped: Sequence[Skip]) -> None:
+    """Print the files the results were made without, one line each, to stderr (several results' skips
+    are merged: a file left out of two passes is listed once)."""
+    merged = merge_skips(*skipped)
+    if merged:
+        print(describe_skipped(merged), file=sys.stderr)

@@ -46,8 +46,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from deepscope.images import Photos
     from deepscope.trust_table import evaluate_methods, select_images, table_csv, table_markdown, table_text
-    from deepscope.images import load_inputs
     from deepscope.render.common import save_figure
     from deepscope.render.evaluation import (perturbation_curves_figure, randomization_figure,
                                              randomization_similarity_figure)
@@ -63,10 +63,11 @@ def run(args) -> int:
     loaded = model_from_args(args)
     images = images_from_args(args, loaded)
     started = time.perf_counter()
+    photos = Photos(loaded.preprocess)
     results = evaluate_methods(loaded, images, methods, images_per_class=args.images_per_class, mosaics=args.mosaics,
                                steps=args.steps, cascade_steps=args.cascade_steps,
                                randomization_images=args.randomization_images, layer=args.layer,
-                               batch_size=args.batch_size, seed=args.seed, method_options=options,
+                               batch_size=args.batch_size, seed=args.seed, method_options=options, photos=photos,
                                progress=not args.quiet)
     rows = [result.row() for result in results]
     done = [r for r in results if r.deletion is not None]
@@ -85,11 +86,11 @@ def run(args) -> int:
         save_figure(perturbation_curves_figure({r.method: (r.deletion, r.insertion) for r in done}),
                     out / "deletion_insertion.png")
         randomized = {r.method: r.randomization for r in done}
-        pixels = load_inputs(select_images(images, args.images_per_class, args.seed).paths[:1], loaded.preprocess.crop)[0]
+        pixels = photos.crops(select_images(images, args.images_per_class, args.seed).paths[:1])[0]
         save_figure(randomization_figure(randomized, pixels), out / "randomization.png")
         save_figure(randomization_similarity_figure(randomized), out / "randomization_similarity.png")
     print(f"wrote {', '.join(OUTPUTS)} to {out}")
-    report_skipped(images)
+    report_skipped(images.skipped)
     return 0
 
 
@@ -101,12 +102,14 @@ def run_jobs(args, methods: list[str], options: dict) -> int:
 
     loaded = model_from_args(args)
     images = images_from_args(args, loaded)
-    lines = []
+    lines, skipped = [], []
     for name in methods:
         offered = get_method(name).offered(layer=args.layer, batch_size=args.batch_size, seed=args.seed)
         job = EvaluateJob(name, freeze({**offered, **options.get(name, {})}), args.steps, not args.no_randomization,
                           seed=args.seed)
-        summary = run_store_job(args, job, loaded, images).open().summary
+        stored = run_store_job(args, job, loaded, images).open()
+        summary = stored.summary
+        skipped.append(stored.skipped_files())
         cells = [f"{row['mean']:.3f} [{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]" if row["n"] > 1 else "n/a"
                  for row in summary.values()]
         lines.append([name, *cells, str(summary["deletion_auc"]["n"])])
@@ -115,4 +118,5 @@ def run_jobs(args, methods: list[str], options: dict) -> int:
     print("mean [95% confidence interval] per photo:")
     for row in [headers, *lines]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    report_skipped(*skipped)
     return 0

@@ -103,7 +103,7 @@ def run(args) -> int:
           f"target {'predicted class' if target is None else target_names[0]})")
     if len(images) > len(paths):
         print(f"explained the first {len(paths)} of {len(images)} images (raise --limit for more)")
-    report_skipped(images)
+    report_skipped(images.skipped)
     return 0
 
 
@@ -117,8 +117,10 @@ def run_jobs(args, methods: list[str], options: dict) -> int:
     if args.limit:
         images = images.subset(range(min(args.limit, len(images))))
     target = args.target if args.target in ("pred", "label") else loaded.classes.index(args.target)
+    skipped = []
     for name in methods:
         offered = get_method(name).offered(layer=args.layer, batch_size=args.batch_size, seed=args.seed)
         job = ExplainJob(name, freeze({**offered, **options.get(name, {})}), target, args.map_size, args.map_dtype)
-        run_store_job(args, job, loaded, images)
+        skipped.append(run_store_job(args, job, loaded, images).open().skipped_files())
+    report_skipped(*skipped)
     return 0

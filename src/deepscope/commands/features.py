@@ -12,6 +12,9 @@ from deepscope.fileio import check_writable
 from deepscope.features import (METRICS, PROJECTIONS, choose_queries, extract_features, knn_accuracy,
                                 nearest_neighbours, pixel_bank, project)
 
+#: thumbnail sides (pixels) in the nearest-neighbour figure and on projections
+KNN_THUMBNAIL, PROJECTION_THUMBNAIL = 96, 28
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("features", help="feature space: kNN vs pixel space, PCA/t-SNE/UMAP maps",
@@ -38,8 +41,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from deepscope.cache import Cache
+    from deepscope.images import Photos
     from deepscope.render.common import save_figure
-    from deepscope.render.features import knn_figure, projection_figure
+    from deepscope.render.features import knn_figure, knn_paths, projection_figure, thumbnail_rows
 
     check_job_options(args)
     if args.store:
@@ -55,7 +60,7 @@ def run(args) -> int:
         check_writable(path, args.force)
     loaded = model_from_args(args)
     images = images_from_args(args, loaded)
-    cache = False if args.no_cache else args.cache
+    cache = Cache.open(False if args.no_cache else args.cache)  # one cache: a location that fails warns once
     progress = not args.quiet
     bank = extract_features(loaded, images, args.layer, batch_size=args.batch_size, cache=cache, progress=progress)
     pixels = pixel_bank(images, loaded.preprocess, size=args.pixel_size, batch_size=args.batch_size,
@@ -72,15 +77,20 @@ def run(args) -> int:
         print(f"no kNN accuracy: {error}")
     bank.save(outputs[0])
     queries = args.query or choose_queries(bank, args.queries)
-    figure = knn_figure(bank, nearest_neighbours(bank, queries, args.knn, args.metric), pixels,
-                        nearest_neighbours(pixels, queries, args.knn, args.metric), class_names=names)
+    photos = Photos(thumbnail_sizes=(KNN_THUMBNAIL, PROJECTION_THUMBNAIL))
+    shown = (bank, nearest_neighbours(bank, queries, args.knn, args.metric), pixels,
+             nearest_neighbours(pixels, queries, args.knn, args.metric))
+    figure = knn_figure(*shown, thumbnails={path: photos.thumbnail(path, KNN_THUMBNAIL) for path in knn_paths(*shown)},
+                        class_names=names)
     save_figure(figure, outputs[1])
+    drawn = {bank.paths[row]: photos.thumbnail(bank.paths[row], PROJECTION_THUMBNAIL)
+             for row in thumbnail_rows(bank, args.thumbnails)}
     for method, path in zip(methods, outputs[2:]):
         figure = projection_figure(project(bank, method), bank, project(pixels, method), pixels,
-                                   class_names=names, thumbnails=args.thumbnails)
+                                   class_names=names, thumbnails=drawn)
         save_figure(figure, path)
     print("wrote " + ", ".join(str(p) for p in outputs))
-    report_skipped(images)
+    report_skipped(bank.skipped, pixels.skipped)
     return 0
 
 
@@ -92,4 +102,5 @@ def run_job(args) -> int:
     images = images_from_args(args, loaded)
     job = run_store_job(args, FeaturesJob(args.layer), loaded, images).open()
     print(f"layer {job.settings['layer']}: {job.summary.get('dimensions', 0)} features per image")
+    report_skipped(job.skipped_files())
     return 0

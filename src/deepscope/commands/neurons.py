@@ -80,7 +80,7 @@ def run(args) -> int:
     for i, c in enumerate(view.channels):
         print(f"  channel {c}: top activation {float(view.top.values[i, 0]):.3f} in {Path(view.paths[i][0]).name}")
     print(f"wrote {figure_path} and {json_path}")
-    report_skipped(images)
+    report_skipped(view.top.skipped)
     return 0
 
 
@@ -93,6 +93,7 @@ def run_job(args) -> int:
     channels = None if args.channels in (None, "all") else tuple(args.channels)
     job = NeuronsJob(args.layer, channels, args.top, tuple(args.neuron) if args.neuron else None)
     top = stored_top_activations(run_store_job(args, job, loaded, images).open())
+    report_skipped(top.skipped)
     shown = min(len(top.channels), 5)
     for row in range(shown):
         index = int(top.image_indices[row, 0])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from deepscope.commands.common import (add_method_options, add_run_options, images_from_args, model_from_args,
                                        positive_int, report_skipped)
@@ -44,7 +43,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from deepscope.report import Cache, ReportContext, ReportSettings, default_cache_dir, parse_sections, write_report
+    from deepscope.report import Cache, ReportContext, ReportSettings, parse_sections, write_report
     from deepscope.fileio import check_writable
     from deepscope.report.build import report_path
 
@@ -57,7 +56,7 @@ def run(args) -> int:
     settings = ReportSettings(per_class=args.per_class, max_images=args.max_images, steps=args.steps,
                               seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
                               method_options=options)
-    cache = Cache(None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir())
+    cache = Cache.open(False if args.no_cache else args.cache)
     loaded = model_from_args(args)
     store = open_store(args.store) if args.store else None
     if args.images is None and store is not None:
@@ -69,7 +68,7 @@ def run(args) -> int:
     ctx = ReportContext(loaded, images, settings, cache, store=store)
     path = write_report(ctx, args.out, sections, overwrite=args.force, log=log)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {ctx.timer.total:.0f} s)")
-    report_skipped(images)
+    report_skipped(ctx.skipped)
     return 0
 
 

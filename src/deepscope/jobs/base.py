@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from deepscope.errors import DeepscopeError
-from deepscope.images import ImageSet
+from deepscope.images import ImageSet, Skip, iter_batches
 from deepscope.jobs.store import (FORMAT, FORMAT_VERSION, JobFolder, ShardOutput, ShardTask, StoredJob, check_outputs,
                                   digests, job_key, now, shard_key, versions)
 from deepscope.models.zoo import LoadedModel
@@ -225,17 +225,23 @@ def _safe(name: str) -> str:
 
 def run_shard(job: Job, loaded: LoadedModel, state: Any, task: ShardTask, root: str | Path,
               batch_size: int) -> ShardOutput:
-    """Compute one shard (in whichever process the engine chose) and record its unreadable files."""
-    images = ImageSet(Path(root), [Path(p) for p in task.paths], list(task.folders), list(task.labels), [])
+    """Compute one shard (in whichever process the engine chose); its unreadable files become indices."""
+    images = ImageSet(Path(root), [Path(p) for p in task.paths], list(task.folders), list(task.labels))
     output = job.compute(loaded, state, images, task, batch_size)
     position = {Path(p): i for p, i in zip(task.paths, task.indices)}
-    output.skipped = {position[Path(p)]: reason for p, reason in images.skipped if Path(p) in position}
+    output.skipped = {position[Path(p)]: reason for p, reason in output.skipped if Path(p) in position}
     return output
 
 
-def all_unreadable(images: ImageSet) -> bool:
-    """Whether every file of a shard was skipped (the library functions then raise; the shard is empty)."""
-    return len({Path(p) for p, _ in images.skipped}) >= len(images)
+def unreadable(images: ImageSet, preprocess, batch_size: int) -> list[Skip] | None:
+    """The skips of a shard none of whose files could be read (the library functions then raise without
+    them); None when some file can be read."""
+    skipped = []
+    for batch in iter_batches(images, preprocess, batch_size):
+        if batch.indices:
+            return None
+        skipped += batch.skipped
+    return skipped
 
 
 def readable_indices(images: ImageSet, task: ShardTask, paths: list) -> list[int]:
@@ -244,9 +250,9 @@ def readable_indices(images: ImageSet, task: ShardTask, paths: list) -> list[int
     return [position[Path(p)] for p in paths]
 
 
-def check_order(indices: list[int], task: ShardTask, images: ImageSet) -> None:
+def check_order(indices: list[int], task: ShardTask, skipped: list[Skip]) -> None:
     """The rows a library function returned must be the shard's readable files in order (the store relies on it)."""
-    skipped = {Path(p) for p, _ in images.skipped}
-    expected = [i for i, p in zip(task.indices, task.paths) if Path(p) not in skipped]
+    left_out = {Path(p) for p, _ in skipped}
+    expected = [i for i, p in zip(task.indices, task.paths) if Path(p) not in left_out]
     if indices != expected:
         raise RuntimeError(f"shard {task.shard}: rows came back out of file order")

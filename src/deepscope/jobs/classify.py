@@ -39,7 +39,8 @@ class ClassifyJob(Job):
         columns = [readable_indices(images, task, result.paths),
                    pa.FixedSizeListArray.from_arrays(pa.array(result.topk_indices.flatten().numpy().astype("int32")), k),
                    pa.FixedSizeListArray.from_arrays(pa.array(result.topk_probs.flatten().numpy().astype("float32")), k)]
-        return ShardOutput(tables={"predictions": pa.table(columns, schema=predictions_schema(k))})
+        return ShardOutput(tables={"predictions": pa.table(columns, schema=predictions_schema(k))},
+                           skipped=result.skipped)
 
 
 def predictions_schema(k: int) -> pa.Schema:
@@ -58,7 +59,5 @@ def stored_classification(job: StoredJob) -> Classification:
     rows = [row_of[index] for index in table.column("index").to_pylist()]
     classes = table.column("classes").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
     probs = table.column("probabilities").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
-    skipped = [(Path(path), reason) for path, status, reason in zip(files["path"], files["status"], files["reason"])
-               if status == "skipped"]
     return Classification([Path(files["path"][r]) for r in rows], [files["label"][r] for r in rows],
-                          torch.from_numpy(classes.astype("int64")), torch.from_numpy(probs.copy()), skipped)
+                          torch.from_numpy(classes.astype("int64")), torch.from_numpy(probs.copy()), job.skipped_files())

@@ -73,7 +73,11 @@ class EvaluateJob(Job):
         model, device = loaded.model, model_device(loaded.model)
         reduction = method.display.reduction
         columns: dict[str, list] = {name: [] for name in METRICS_SCHEMA.names}
+        skipped = []
         for batch in iter_batches(images, loaded.preprocess, batch_size):
+            skipped += batch.skipped
+            if not batch.indices:
+                continue
             inputs = batch.inputs.to(device)
             maps = method.attribute(inputs)
             curve = {"steps": self.steps, "batch_size": batch_size, "reduction": reduction}
@@ -93,8 +97,8 @@ class EvaluateJob(Job):
             else:
                 columns["randomization_spearman"] += [math.nan] * len(inputs)
                 columns["randomization_ssim"] += [math.nan] * len(inputs)
-        check_order(columns["index"], task, images)
-        return ShardOutput(tables={"metrics": pa.table(columns, schema=METRICS_SCHEMA)})
+        check_order(columns["index"], task, skipped)
+        return ShardOutput(tables={"metrics": pa.table(columns, schema=METRICS_SCHEMA)}, skipped=skipped)
 
     def finish(self, job: StoredJob) -> dict:
         values = {name: [] for name in METRICS}

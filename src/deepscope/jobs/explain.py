@@ -70,8 +70,11 @@ class ExplainJob(Job):
 
     def compute(self, loaded, method, images, task: ShardTask, batch_size: int) -> ShardOutput:
         device = model_device(loaded.model)
-        indices, targets, maps = [], [], []
+        indices, targets, maps, skipped = [], [], [], []
         for batch in iter_batches(images, loaded.preprocess, batch_size):
+            skipped += batch.skipped
+            if not batch.indices:
+                continue
             inputs = batch.inputs.to(device)
             if self.target == "pred":
                 target = batched_forward(loaded.model, inputs, batch_size).argmax(1)
@@ -83,10 +86,10 @@ class ExplainJob(Job):
             maps.append(saliency(raw, self.size, method.display.reduction).cpu().numpy().astype(self.dtype))
             targets += target.tolist()
             indices += [task.indices[i] for i in batch.indices]
-        check_order(indices, task, images)
+        check_order(indices, task, skipped)
         table = pa.table([pa.array(indices, pa.int64()), pa.array(targets, pa.int64())], schema=TARGETS_SCHEMA)
         shape = (0, 1, self.size, self.size)
         array = np.concatenate(maps) if maps else np.zeros(shape, self.dtype)
         display = method.display
-        return ShardOutput(tables={"targets": table}, arrays={"maps": array},
+        return ShardOutput(tables={"targets": table}, arrays={"maps": array}, skipped=skipped,
                            info={"signed": display.signed, "reduction": display.reduction})

@@ -16,7 +16,7 @@ import torch
 from deepscope.errors import DeepscopeError
 from deepscope.features import INPUT_SUFFIX, FeatureBank, default_feature_layer, extract_features
 from deepscope.images import ImageSet
-from deepscope.jobs.base import Job, all_unreadable, check_order, readable_indices
+from deepscope.jobs.base import Job, check_order, readable_indices, unreadable
 from deepscope.jobs.store import ShardOutput, ShardTask, StoredJob
 from deepscope.models.zoo import LoadedModel
 from deepscope.probe import get_layer
@@ -39,12 +39,14 @@ class FeaturesJob(Job):
         try:
             bank = extract_features(loaded, images, self.layer, batch_size=batch_size, cache=False)
         except DeepscopeError:
-            if all_unreadable(images):
-                return ShardOutput(arrays={"features": np.zeros((0, 0), np.float32)})
-            raise
-        check_order(readable_indices(images, task, bank.paths), task, images)
+            skipped = unreadable(images, loaded.preprocess, batch_size)
+            if skipped is None:
+                raise
+            return ShardOutput(arrays={"features": np.zeros((0, 0), np.float32)}, skipped=skipped)
+        check_order(readable_indices(images, task, bank.paths), task, bank.skipped)
         features = bank.features.float().numpy()
-        return ShardOutput(arrays={"features": features}, info={"dimensions": int(features.shape[1])})
+        return ShardOutput(arrays={"features": features}, skipped=bank.skipped,
+                           info={"dimensions": int(features.shape[1])})
 
 
 def stored_feature_bank(job: StoredJob) -> FeatureBank:

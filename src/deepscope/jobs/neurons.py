@@ -23,7 +23,7 @@ import torch
 from deepscope.errors import DeepscopeError, TargetError, UnsupportedModelError
 from deepscope.fileio import atomic_path
 from deepscope.images import ImageSet
-from deepscope.jobs.base import Job, all_unreadable
+from deepscope.jobs.base import Job, unreadable
 from deepscope.jobs.store import ShardOutput, ShardTask, StoredJob
 from deepscope.models.zoo import LoadedModel
 from deepscope.neurons import TopActivations, merge_top, top_activations
@@ -70,16 +70,18 @@ class NeuronsJob(Job):
                                   None if self.channels is None else list(self.channels), self.k,
                                   neuron=self.neuron, batch_size=batch_size, progress=False)
         except DeepscopeError:
-            if all_unreadable(images):
-                return ShardOutput(tables={"candidates": CANDIDATES_SCHEMA.empty_table()})
-            raise
+            skipped = unreadable(images, loaded.preprocess, batch_size)
+            if skipped is None:
+                raise
+            return ShardOutput(tables={"candidates": CANDIDATES_SCHEMA.empty_table()}, skipped=skipped)
         count, n = top.values.shape
         channels = torch.tensor(top.channels, dtype=torch.int32).repeat_interleave(n)
         indices = torch.tensor(task.indices)[top.image_indices.flatten().cpu()]
         columns = [channels, torch.arange(n, dtype=torch.int32).repeat(count), top.values.flatten().float().cpu(),
                    indices, top.positions[..., 0].flatten().int().cpu(), top.positions[..., 1].flatten().int().cpu()]
         table = pa.table([c.numpy() for c in columns], schema=CANDIDATES_SCHEMA)
-        return ShardOutput(tables={"candidates": table}, info={"map_size": int(top.map_size), "channels": top.channels})
+        return ShardOutput(tables={"candidates": table}, skipped=top.skipped,
+                           info={"map_size": int(top.map_size), "channels": top.channels})
 
     def finish(self, job: StoredJob) -> dict:
         infos = [info for info in job.shard_infos() if info]
@@ -141,7 +143,7 @@ def stored_top_activations(job: StoredJob) -> TopActivations:
     shape = (len(channels), k)
     positions = torch.stack([_column(table, "y").long().view(shape), _column(table, "x").long().view(shape)], dim=-1)
     return TopActivations(job.settings["layer"], list(channels), _column(table, "value").view(shape),
-                          _column(table, "index").view(shape), positions, summary["map_size"])
+                          _column(table, "index").view(shape), positions, summary["map_size"], job.skipped_files())
 
 
 def _column(table: pa.Table, name: str) -> torch.Tensor:

@@ -25,7 +25,7 @@ Layout of a job folder
 ======================================  ==============================================================
 
 ``files.parquet`` columns: ``index`` (position in the job's sorted file list), ``path``, ``folder`` (class
-folder or null), ``label`` (class index from the folder, or null), ``digest`` (BLAKE2b-128 of the file's
+folder or null), ``label`` (class index from the folder, or null), ``digest`` (SHA-256 of the file's
 bytes), ``status`` (``ok`` or ``skipped``), ``reason`` (why a file was skipped), ``shard``, ``row`` (row in
 the shard's arrays, -1 when skipped). Read without deepscope::
 
@@ -83,17 +83,14 @@ FILES_SCHEMA = pa.schema([
 def digests(loaded=None, paths: Sequence[str | Path] = ()) -> tuple[str | None, list[str]]:
     """The model's digest (None without ``loaded``) and the content digest of each file in ``paths``.
 
-    The one place the jobs compute digests: the model's class and weights
-    (:func:`deepscope.features.model_identity`) with its preprocessing, and each file's bytes
-    (:func:`deepscope.features.file_digests`; ``"missing"`` for a file that cannot be read).
+    The one place the jobs compute digests, with the cache's functions: the model's class, weights,
+    preprocessing and class names (:func:`deepscope.cache.model_digest`), and each file's bytes
+    (:func:`deepscope.cache.file_digest`; ``"unreadable"`` for a file that cannot be read, which the job then
+    reports as skipped).
     """
-    from deepscope.features import file_digests, model_identity
+    from deepscope.cache import file_digest, model_digest
 
-    model = None
-    if loaded is not None:
-        model = _hash(model_identity(loaded.model), repr(loaded.preprocess))
-    files = [entry.rpartition(":")[2] for entry in file_digests([Path(p) for p in paths])]
-    return model, files
+    return (None if loaded is None else model_digest(loaded)), [file_digest(p) for p in paths]
 
 
 def _hash(*parts: Any) -> str:
@@ -142,15 +139,16 @@ class ShardOutput:
         The job's tables (an ``index`` column gives each row's file).
     arrays : dict of str to numpy.ndarray
         One row per readable file, in file order.
-    skipped : dict of int to str
-        Files (by index in the job's file list) that could not be read, and why.
+    skipped : list of (Path, str), then dict of int to str
+        Files that could not be read, and why: as a job's step returns them, then by index in the job's file
+        list (:func:`~deepscope.jobs.base.run_shard` turns the one into the other).
     info : dict
         Facts for the job's summary (e.g. the size of a feature map); JSON values.
     """
 
     tables: dict[str, pa.Table] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    skipped: dict[int, str] = field(default_factory=dict)
+    skipped: list | dict = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
 
@@ -433,10 +431,12 @@ class StoredJob:
         return files.filter(pc.equal(files["status"], "ok"))
 
     def skipped_files(self) -> list[tuple[Path, str]]:
-        """The files that could not be read, and why."""
+        """The files the job has no results for, and why: those the scan left out (not images), then those
+        that could not be read."""
         files = self.table(FILES)
         skipped = files.filter(pc.equal(files["status"], "skipped")).to_pydict()
-        return [(Path(p), r) for p, r in zip(skipped["path"], skipped["reason"])]
+        left_out = self.manifest["images"].get("left_out_by_scan", [])
+        return [(Path(p), r) for p, r in [*left_out, *zip(skipped["path"], skipped["reason"])]]
 
     def rows(self, name: str, indices: Sequence[int]) -> np.ndarray:
         """Rows of array ``name`` for the files at ``indices`` (positions in ``files``; each must be readable),

@@ -37,9 +37,12 @@ class Preprocess:
 
     def crop(self, image: Image.Image) -> torch.Tensor:
         """The resized, centre-cropped image as a (3, H, W) float tensor in [0, 1]."""
+        return TF.to_dtype(self.crop_bytes(image), torch.float32, scale=True)
+
+    def crop_bytes(self, image: Image.Image) -> torch.Tensor:
+        """The resized, centre-cropped image as a (3, H, W) uint8 tensor (a quarter of :meth:`crop`'s memory)."""
         image = TF.resize(image, self.resize_size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        image = TF.center_crop(image, self.input_size)
-        return TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+        return TF.pil_to_tensor(TF.center_crop(image, self.input_size))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Map [0, 1] pixels (``(..., 3, H, W)``) to model input."""

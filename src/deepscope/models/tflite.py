@@ -77,6 +77,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepscope.geometry import same_padding
+
 __all__ = [
     "TFLiteImport",
     "load_tflite",
@@ -90,29 +92,6 @@ __all__ = [
 # ----------------------------------------------------------------------------
 # Public modules
 # ----------------------------------------------------------------------------
-
-
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """Padding that TensorFlow's ``'SAME'`` rule adds along one spatial axis.
-
-    Parameters
-    ----------
-    size : int
-        Input length along the axis.
-    kernel, stride, dilation : int
-        Convolution (or pooling) geometry along the axis.
-
-    Returns
-    -------
-    tuple of int
-        ``(before, after)``: ``total = max((ceil(size / stride) - 1) * stride +
-        (kernel - 1) * dilation + 1 - size, 0)``, ``before = total // 2`` and the odd
-        pixel, if any, goes after.
-    """
-    effective = (kernel - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + effective - size, 0)
-    return total // 2, total - total // 2
 
 
 class Conv2dSame(nn.Conv2d):
@@ -148,8 +127,7 @@ class Conv2dSame(nn.Conv2d):
             dilation=dilation, groups=groups, bias=bias,
         )
         self.padding = tuple(
-            max((k - 1) * d + 1 - s, 0) // 2
-            for k, s, d in zip(self.kernel_size, self.stride, self.dilation)
+            same_padding(s, k, s, d)[0] for k, s, d in zip(self.kernel_size, self.stride, self.dilation)
         )
 
     def pad_amounts(self, height: int, width: int) -> tuple[int, int, int, int]:

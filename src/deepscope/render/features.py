@@ -1,17 +1,18 @@
-"""Figures of the feature space: nearest neighbours (feature vs pixel space) and 2-D projections."""
+"""Figures of the feature space: nearest neighbours (feature vs pixel space) and 2-D projections.
+
+The figures show photos as thumbnails the caller decoded (``{path: (S, S, 3) uint8 array}``, e.g. from
+:class:`deepscope.images.Photos`); :func:`knn_paths` and :func:`thumbnail_rows` say which photos they need.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import ImageOps
 from matplotlib.figure import Figure
 
-from deepscope.errors import ImageError
 from deepscope.features import FeatureBank, Neighbours, Projection
-from deepscope.images import load_image
 from deepscope.render.common import subplots
 
 #: Kelly's 20 colours of maximum contrast (white and black left out): 20 classes stay distinguishable
@@ -23,19 +24,23 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 SAME_CLASS, OTHER_CLASS = "#1a9850", "#d73027"
 
 
-def thumbnail(path: str | Path, size: int = 96) -> np.ndarray:
-    """A centre-cropped ``size x size`` RGB thumbnail of an image file (grey if it cannot be read)."""
-    try:
-        return np.asarray(ImageOps.fit(load_image(path), (size, size)))
-    except ImageError:
-        return np.full((size, size, 3), 128, dtype=np.uint8)
+def knn_paths(bank: FeatureBank, neighbours: Neighbours, pixel_bank: FeatureBank | None = None,
+              pixel_neighbours: Neighbours | None = None) -> list[Path]:
+    """The photos a :func:`knn_figure` of these arguments shows (queries and neighbours), each once, in order."""
+    shown: dict[Path, None] = {}
+    for source, found in ((bank, neighbours), (pixel_bank, pixel_neighbours)):
+        if source is not None and found is not None:
+            for row in [*found.queries.tolist(), *found.indices.flatten().tolist()]:
+                shown.setdefault(Path(source.paths[row]), None)
+    return list(shown)
 
 
 def knn_figure(bank: FeatureBank, neighbours: Neighbours, pixel_bank: FeatureBank | None = None,
-               pixel_neighbours: Neighbours | None = None, *, class_names: Sequence[str] | None = None,
-               size: int = 96):
+               pixel_neighbours: Neighbours | None = None, *, thumbnails: Mapping[Path, np.ndarray],
+               class_names: Sequence[str] | None = None):
     """Per query: a row "query | k feature-space neighbours" and, if given, "query | k pixel-space neighbours".
 
+    ``thumbnails`` holds the picture of every path of :func:`knn_paths` (a missing one is drawn grey).
     A neighbour's frame is green when its class is the query's, red otherwise (no frame for unlabelled
     images); its distance is printed.
     ``class_names`` maps model class indices to names (default: the class folder names).
@@ -46,13 +51,10 @@ def knn_figure(bank: FeatureBank, neighbours: Neighbours, pixel_bank: FeatureBan
     k = neighbours.indices.shape[1]
     n_rows = len(neighbours.queries) * len(rows)
     fig, axes = subplots(n_rows, k + 1, figsize=(1.45 * (k + 1) + 0.6, 1.75 * n_rows), squeeze=False)
-    cache: dict[str, np.ndarray] = {}
+    grey = np.full((8, 8, 3), 128, dtype=np.uint8)
 
     def show(ax, source: FeatureBank, row: int, title: str, frame: str | None):
-        path = str(source.paths[row])
-        if path not in cache:
-            cache[path] = thumbnail(path, size)
-        ax.imshow(cache[path])
+        ax.imshow(thumbnails.get(Path(source.paths[row]), grey))
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=6.5)
@@ -81,12 +83,19 @@ def knn_figure(bank: FeatureBank, neighbours: Neighbours, pixel_bank: FeatureBan
     return fig
 
 
+def thumbnail_rows(bank: FeatureBank, count: int) -> list[int]:
+    """``count`` evenly spaced rows of a bank: the photos to draw on a :func:`projection_figure`."""
+    if count < 1 or not len(bank):
+        return []
+    return np.unique(np.linspace(0, len(bank) - 1, min(count, len(bank))).round().astype(int)).tolist()
+
+
 def projection_figure(projection: Projection, bank: FeatureBank, pixel_projection: Projection | None = None,
                       pixel_bank: FeatureBank | None = None, *, class_names: Sequence[str] | None = None,
-                      thumbnails: int = 0, thumbnail_size: int = 28):
+                      thumbnails: Mapping[Path, np.ndarray] | None = None):
     """Scatter of a projection coloured by class, with a legend; the pixel-space projection beside it.
 
-    ``thumbnails`` draws that many images (evenly spaced rows) at their points.
+    ``thumbnails`` (``{path: picture}``, e.g. of :func:`thumbnail_rows`) are drawn at their photos' points.
     """
     panels = [(projection, bank, f"{bank.model} features ({bank.layer})")]
     if pixel_projection is not None and pixel_bank is not None:
@@ -105,7 +114,7 @@ def projection_figure(projection: Projection, bank: FeatureBank, pixel_projectio
                                        marker=MARKERS[(c // len(PALETTE)) % len(MARKERS)], label=name,
                                        edgecolors="none", alpha=0.85)
         if thumbnails:
-            _draw_thumbnails(ax, source, points, thumbnails, thumbnail_size)
+            _draw_thumbnails(ax, source, points, thumbnails)
         ax.set_title(f"{proj.method.upper() if proj.method != 'tsne' else 't-SNE'} of {title}", fontsize=9)
         _axis_labels(ax, proj)
     fig.legend(handles.values(), handles.keys(), loc="outside right center", fontsize=7, frameon=False,
@@ -123,9 +132,10 @@ def _axis_labels(ax, projection: Projection) -> None:
     ax.tick_params(labelsize=7)
 
 
-def _draw_thumbnails(ax, bank: FeatureBank, points: np.ndarray, count: int, size: int) -> None:
+def _draw_thumbnails(ax, bank: FeatureBank, points: np.ndarray, thumbnails: Mapping[Path, np.ndarray]) -> None:
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
-    for row in np.unique(np.linspace(0, len(bank) - 1, min(count, len(bank))).round().astype(int)):
-        image = OffsetImage(thumbnail(bank.paths[row], size), zoom=1.0)
-        ax.add_artist(AnnotationBbox(image, tuple(points[row, :2]), frameon=False, pad=0))
+    for row, path in enumerate(bank.paths):
+        if Path(path) in thumbnails:
+            image = OffsetImage(thumbnails[Path(path)], zoom=1.0)
+            ax.add_artist(AnnotationBbox(image, tuple(points[row, :2]), frameon=False, pad=0))

@@ -10,7 +10,7 @@ Sections are functions ``build(context) -> Section`` listed in :data:`deepscope.
 from deepscope.report.base import (Facts, Figure, Gallery, MapLayer, Note, ReportContext, ReportSettings,
                                    SaliencyCard, Section, Table, Timer)
 from deepscope.report.build import parse_sections, report_path, write_report
-from deepscope.report.cache import Cache, default_cache_dir
+from deepscope.cache import Cache, default_cache_dir
 
 __all__ = ["Cache", "Facts", "Figure", "Gallery", "MapLayer", "Note", "ReportContext", "ReportSettings",
            "SaliencyCard", "Section", "Table", "Timer", "default_cache_dir", "parse_sections", "report_path",

@@ -1,7 +1,8 @@
 """What a report section is made of, and the context every section is built from.
 
 A section is a function ``build(context) -> Section``. It reads the model, the images and the settings
-from a :class:`ReportContext`, keeps expensive results in ``context.cache``, and returns a
+from a :class:`ReportContext`, keeps expensive results in ``context.cache`` (:class:`deepscope.cache.Cache`),
+takes the photos it shows from ``context.pixels`` (each decoded once per run), and returns a
 :class:`Section`: a title, one or two sentences saying what it shows and the paper it comes from, and
 items (facts, tables, figures, saliency cards, notes) that the page renderer turns into HTML.
 Items hold plain strings and numbers (escaped by the renderer) and images as data URIs.
@@ -18,12 +19,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from deepscope.cache import Cache, expect, expect_keys, expect_tensor, images_digest, make_key, model_digest
 from deepscope.catalogue import build_method, get_method
 from deepscope.classify import Classification, classify
 from deepscope.errors import DeepscopeError
-from deepscope.images import ImageSet
+from deepscope.images import ImageSet, Photos, Skip, draw_per_group
 from deepscope.models.zoo import LoadedModel
-from deepscope.report.cache import Cache, classification_key, make_key
 
 #: the report's settings for the costly methods, so that a report stays within minutes on a 2-core CPU;
 #: the gallery's legend and the trust table show them
@@ -188,10 +189,25 @@ class Timer:
 
 
 @dataclass
+class _Run:
+    """What a report run computes once: digests, predictions, decoded photos."""
+
+    model_key: str | None = None
+    images_key: str | None = None
+    classification: Classification | None = None
+    photos: Photos | None = None
+
+
+@dataclass
 class ReportContext:
     """Everything a section may use: the model, the images, the settings, the cache, the timer, and a results
     store whose dataset jobs (``deepscope classify/features/neurons/explain/evaluate --store``) stand in for
-    the sections' own computations where they fit (same model, same photos)."""
+    the sections' own computations where they fit (same model, same photos).
+
+    The context computes the model and image digests, the predictions and the decoded photos once and keeps
+    them; :func:`~deepscope.report.write_report` starts afresh (:meth:`new_run`), so a model or a folder
+    changed between two reports is seen.
+    """
 
     loaded: LoadedModel
     images: ImageSet
@@ -199,8 +215,11 @@ class ReportContext:
     cache: Cache = field(default_factory=lambda: Cache(None))
     timer: Timer = field(default_factory=Timer)
     store: Any = None
-    _classification: Classification | None = field(default=None, repr=False)
-    _model_job_digest: str | None = field(default=None, repr=False)
+    _run: _Run = field(default_factory=_Run, repr=False)
+
+    def new_run(self) -> None:
+        """Forget the digests, predictions and photos kept so far."""
+        self._run = _Run()
 
     @property
     def device(self) -> torch.device:
@@ -208,17 +227,27 @@ class ReportContext:
 
         return model_device(self.loaded.model)
 
+    @property
+    def model_key(self) -> str:
+        """:func:`deepscope.cache.model_digest` of the model (once per run)."""
+        if self._run.model_key is None:
+            self._run.model_key = model_digest(self.loaded)
+        return self._run.model_key
+
+    @property
+    def images_key(self) -> str:
+        """:func:`deepscope.cache.images_digest` of the images (once per run)."""
+        if self._run.images_key is None:
+            self._run.images_key = images_digest(self.images)
+        return self._run.images_key
+
     def stored_job(self, kind: str, accept: Callable[[Any], bool] = lambda job: True, **settings):
         """The newest complete job of ``kind`` in :attr:`store` for this model and exactly these photos, with
         ``settings`` and accepted by ``accept(job)``; None without one."""
         if self.store is None:
             return None
-        from deepscope.jobs.store import digests
-
-        if self._model_job_digest is None:
-            self._model_job_digest = digests(self.loaded)[0]
         paths = [str(p) for p in self.images.paths]
-        for job in self.store.find(kind, self._model_job_digest, **settings):
+        for job in self.store.find(kind, self.model_key, **settings):
             if accept(job) and job.table("files").column("path").to_pylist() == paths:
                 return job
         return None
@@ -226,23 +255,34 @@ class ReportContext:
     def classification(self) -> Classification:
         """Top-5 predictions for every readable image (a classify job's from the store, else computed once and
         cached on disk)."""
-        if self._classification is None and (job := self.stored_job("classify", lambda j: j.settings["topk"] >= 5)):
+        if self._run.classification is None and (job := self.stored_job("classify", lambda j: j.settings["topk"] >= 5)):
             from deepscope.jobs import stored_classification
 
-            self._classification = stored_classification(job)
-            known = {p for p, _ in self.images.skipped}
-            self.images.skipped += [(p, r) for p, r in self._classification.skipped if p not in known]
-        if self._classification is None:
-            key = classification_key(self.cache, self.loaded, self.images)
-            stored = self.cache.load("classify", key)
-            if stored is not None:
-                self._classification = _classification_from_store(stored, self.images)
-            else:
-                result = classify(self.loaded, self.images, topk=5, batch_size=self.settings.batch_size,
-                                  progress=self.settings.progress)
-                self.cache.save("classify", key, _classification_to_store(result, self.images))
-                self._classification = result
-        return self._classification
+            self._run.classification = stored_classification(job)
+        if self._run.classification is None:
+            key = make_key("classify", self.model_key, self.images_key)
+            self._run.classification = self.cache.get_or_compute(
+                "classify", key, lambda: classify(self.loaded, self.images, topk=5, batch_size=self.settings.batch_size,
+                                                  progress=self.settings.progress),
+                lambda stored: _classification_from_store(stored, self.images, len(self.loaded.classes)),
+                write=lambda result: _classification_to_store(result, self.images))
+        return self._run.classification
+
+    @property
+    def skipped(self) -> list[Skip]:
+        """The files of the image set that the report could not read (none of its sections shows them)."""
+        return self.classification().skipped
+
+    def pixels(self, indices: Sequence[int]) -> torch.Tensor:
+        """``(N, 3, S, S)`` [0, 1] model-size crops of the images at ``indices``, each photo decoded once per run."""
+        return self.photos.crops([self.images.paths[i] for i in indices])
+
+    @property
+    def photos(self) -> Photos:
+        """The run's decoded photos (crops and thumbnails)."""
+        if self._run.photos is None:
+            self._run.photos = Photos(self.loaded.preprocess)
+        return self._run.photos
 
     def method_options(self, name: str) -> dict:
         """The options of method ``name`` in the report that differ from its defaults:
@@ -267,9 +307,8 @@ class ReportContext:
         """
         from deepscope.render.report import data_uri, png_tensor
 
-        key = make_key("figure", what, list(parts), self.cache.model_digest(self.loaded),
-                       self.cache.images_digest(self.images) if images else None)
-        png = self.cache.get_or_compute("figures", key, lambda: png_tensor(draw()))
+        key = make_key("figure", what, list(parts), self.model_key, self.images_key if images else None)
+        png = self.cache.get_or_compute("figures", key, lambda: png_tensor(draw()), read_png)
         return data_uri(png.numpy().tobytes(), "image/png")
 
     def class_name(self, index: int | None) -> str:
@@ -283,24 +322,28 @@ class ReportContext:
         """
         result = self.classification()
         position = {path: i for i, path in enumerate(self.images.paths)}
-        groups: dict[str, list[int]] = {}
+        groups = []
         for path, row in zip(result.paths, result.topk_indices[:, 0].tolist()):
-            i = position[path]
-            folder = self.images.folders[i]
-            key = f"folder:{folder}" if folder is not None else f"pred:{row}"
-            groups.setdefault(key, []).append(i)
-        generator = torch.Generator().manual_seed(self.settings.seed)
-        chosen: list[int] = []
-        for members in groups.values():
-            order = torch.randperm(len(members), generator=generator).tolist()
-            chosen += sorted(members[j] for j in order[: self.settings.per_class])
-        return chosen[: self.settings.max_images]
+            folder = self.images.folders[position[path]]
+            groups.append((position[path], f"folder:{folder}" if folder is not None else f"pred:{row}"))
+        return draw_per_group(groups, self.settings.per_class, self.settings.seed, self.settings.max_images)
 
     def prediction(self, index: int) -> tuple[int, float]:
         """(class, probability) of the top prediction for the image at ``index``."""
         result = self.classification()
         row = result.paths.index(self.images.paths[index])
         return int(result.topk_indices[row, 0]), float(result.topk_probs[row, 0])
+
+
+#: the first bytes of every PNG file
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_png(stored: Any) -> torch.Tensor:
+    """A cached figure: PNG bytes in a uint8 tensor (``ValueError`` for anything else)."""
+    expect(bytes(expect_tensor(stored, torch.uint8, 1, "a figure")[:8].tolist()) == PNG_SIGNATURE,
+           "a figure should be PNG bytes")
+    return stored
 
 
 def _classification_to_store(result: Classification, images: ImageSet) -> dict:
@@ -310,9 +353,17 @@ def _classification_to_store(result: Classification, images: ImageSet) -> dict:
             "skipped": [[str(p), reason] for p, reason in result.skipped]}
 
 
-def _classification_from_store(stored: dict, images: ImageSet) -> Classification:
-    kept = stored["kept"].tolist()
-    known = {str(p) for p, _ in images.skipped}
-    images.skipped += [(Path(p), r) for p, r in stored["skipped"] if p not in known]
-    return Classification([images.paths[i] for i in kept], [images.labels[i] for i in kept],
-                          stored["indices"], stored["probs"], list(images.skipped))
+def _classification_from_store(stored: Any, images: ImageSet, classes: int) -> Classification:
+    expect_keys(stored, ("kept", "indices", "probs", "skipped"), "predictions")
+    kept = expect_tensor(stored["kept"], torch.long, 1, "kept")
+    indices = expect_tensor(stored["indices"], torch.long, 2, "indices")
+    probs = expect_tensor(stored["probs"], (torch.float32, torch.float16), 2, "probs")
+    expect(indices.shape == probs.shape and len(kept) == len(indices), "rows of kept, indices and probs differ")
+    expect(bool(((kept >= 0) & (kept < len(images))).all()) and bool(((indices >= 0) & (indices < classes)).all()),
+           "an index is out of range")
+    skipped = stored["skipped"]
+    expect(isinstance(skipped, list) and all(isinstance(s, list) and len(s) == 2 and all(isinstance(t, str) for t in s)
+                                             for s in skipped), "skipped should be [path, reason] pairs")
+    rows = kept.tolist()
+    return Classification([images.paths[i] for i in rows], [images.labels[i] for i in rows], indices, probs.float(),
+                          [(Path(p), r) for p, r in skipped])

@@ -63,6 +63,7 @@ def write_report(ctx: ReportContext, out: str | Path, sections: str | Sequence[s
     path = check_writable(report_path(out), overwrite)
     names = parse_sections(sections)
     started = datetime.datetime.now().astimezone()
+    ctx.new_run()
     with ctx.timer.step("classify images"):
         ctx.classification()
     if log:

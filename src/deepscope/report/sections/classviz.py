@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from deepscope.images import load_image
 from deepscope.optimize import class_model, class_probabilities, deep_dream
 from deepscope.render.neurons import image_grid_figure
 from deepscope.report.base import Figure, ReportContext, Section
@@ -40,7 +39,7 @@ def classviz_section(ctx: ReportContext) -> Section:
     dream_steps = settings.steps or DREAM_STEPS
 
     def draw_dream():
-        photo = loaded.preprocess.crop(load_image(path))
+        photo = ctx.pixels(samples[:1])[0]
         dream = deep_dream(loaded.model, photo, layer, loaded.preprocess, octaves=DREAM_OCTAVES, steps=dream_steps,
                            seed=settings.seed, progress=settings.progress)[0].cpu()
         return image_grid_figure(torch.stack([photo, dream]), ["photo", f"Deep Dream, {layer}"])

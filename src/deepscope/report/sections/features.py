@@ -7,7 +7,7 @@ from deepscope.features import (FeatureBank, choose_queries, default_feature_lay
                                 nearest_neighbours, pixel_bank, project)
 from deepscope.images import ImageSet
 from deepscope.jobs import stored_feature_bank
-from deepscope.render.features import knn_figure, projection_figure
+from deepscope.render.features import knn_figure, knn_paths, projection_figure
 from deepscope.render.report import figure_uri
 from deepscope.report.base import Figure, Note, ReportContext, Section, Table
 
@@ -27,18 +27,17 @@ def features_section(ctx: ReportContext) -> Section:
              "usually of the same class, unlike photos close in pixel space (Krizhevsky et al. 2012); "
              "PCA and t-SNE maps show the same contrast.")
     settings, loaded = ctx.settings, ctx.loaded
-    cache = ctx.cache.folder if ctx.cache.folder is not None else False
     job = ctx.stored_job("features", layer=default_feature_layer(loaded.model))
     if job is not None:
         bank = stored_feature_bank(job)
     else:
-        bank = extract_features(loaded, ctx.images, batch_size=settings.batch_size, cache=cache,
+        bank = extract_features(loaded, ctx.images, batch_size=settings.batch_size, cache=ctx.cache,
                                 progress=settings.progress)
     total = len(bank)
     bank = sample_bank(bank, MAX_POINTS, settings.seed)
-    photos = ImageSet(ctx.images.root, list(bank.paths), list(bank.folders), list(bank.labels), [])
-    pixels = pixel_bank(photos, loaded.preprocess, size=PIXEL_SIZE, batch_size=settings.batch_size, cache=cache,
-                        progress=settings.progress)
+    photos = ctx.images if len(bank) == total else ImageSet(ctx.images.root, bank.paths, bank.folders, bank.labels)
+    pixels = pixel_bank(photos, loaded.preprocess, size=PIXEL_SIZE, batch_size=settings.batch_size,
+                        cache=ctx.cache, progress=settings.progress)
     if len(bank) < 3:
         return Section("features", "The feature space", intro,
                        [Note(f"needs at least 3 readable images, got {len(bank)}.")])
@@ -56,7 +55,8 @@ def features_section(ctx: ReportContext) -> Section:
     except DeepscopeError as error:
         items.append(Note(f"no kNN accuracy: {error}"))
     queries = choose_queries(bank, QUERIES)
-    figure = knn_figure(bank, nearest_neighbours(bank, queries, k), pixels, nearest_neighbours(pixels, queries, k),
+    shown = (bank, nearest_neighbours(bank, queries, k), pixels, nearest_neighbours(pixels, queries, k))
+    figure = knn_figure(*shown, thumbnails={path: ctx.photos.thumbnail(path) for path in knn_paths(*shown)},
                         class_names=names)
     items.append(Figure(figure_uri(figure), caption=f"{k} nearest neighbours (cosine) of {len(queries)} query images: "
                         "feature space above pixel space; green frames share the query's class."))

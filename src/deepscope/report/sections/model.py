@@ -20,7 +20,7 @@ def model_section(ctx: ReportContext) -> Section:
         ("classes", f"{len(loaded.classes)}"),
         ("device", str(ctx.device)),
         ("images", f"{len(result.paths)} read from {images.root}"
-                   + (f" ({len(images.skipped)} skipped)" if images.skipped else "")),
+                   + (f" ({len(result.skipped)} skipped)" if result.skipped else "")),
     ]
     items = []
     names = loaded.classes.names
@@ -42,8 +42,8 @@ def model_section(ctx: ReportContext) -> Section:
         items.append(Table(["image", "1st", "2nd", "3rd"], rows, "Top-3 predictions (softmax probability)."))
         if len(result.paths) > MAX_PREDICTION_ROWS:
             items.append(Note(f"{len(result.paths) - MAX_PREDICTION_ROWS} more image(s) not listed."))
-    if images.skipped:
-        items.append(Table(["skipped file", "reason"], [[str(p), r] for p, r in images.skipped],
+    if result.skipped:
+        items.append(Table(["skipped file", "reason"], [[str(p), r] for p, r in result.skipped],
                            "Files that could not be read."))
     return Section("model", "The model",
                    "The classifier under study, the preprocessing it expects, and how well it classifies "

@@ -26,7 +26,7 @@ def neurons_section(ctx: ReportContext) -> Section:
     top = stored_top_activations(job) if job is not None else None
 
     def draw():
-        view = neuron_view(loaded.model, loaded.preprocess, ctx.images, layer, channels, k,
+        view = neuron_view(loaded.model, loaded.preprocess, ctx.images, layer, channels, k, pixels=ctx.pixels,
                            batch_size=settings.batch_size, progress=settings.progress, top=top)
         return neuron_figure(view)
 

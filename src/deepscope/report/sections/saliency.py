@@ -11,22 +11,21 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from deepscope.cache import expect, expect_keys, expect_tensor, file_digest, make_key
 from deepscope.catalogue import get_method, method_names
 from deepscope.errors import DeepscopeError, UnsupportedModelError
-from deepscope.images import load_image
 from deepscope.maps import Display, display_maps
 from deepscope.render.report import heatmap_layer_uri, photo_uri
 from deepscope.report.base import MapLayer, ReportContext, SaliencyCard, Section, Table
-from deepscope.report.cache import make_key
 
 #: images per attribution call: bounds the memory of a backward pass (a method batches its own work inside)
 CHUNK = 8
 
 
 def saliency_section(ctx: ReportContext) -> Section:
-    settings, loaded = ctx.settings, ctx.loaded
+    settings = ctx.settings
     samples = ctx.samples()
-    pixels = torch.stack([loaded.preprocess.crop(load_image(ctx.images.paths[i])) for i in samples])
+    pixels = ctx.pixels(samples)
     predictions = [ctx.prediction(i) for i in samples]
     targets = torch.tensor([c for c, _ in predictions])
     names = gallery_methods()
@@ -81,10 +80,10 @@ def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: to
         bar.update(len(samples))
         return [MapLayer(name, note=f"not applicable: {error}") for _ in samples], ""
     shown = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
-    model_key = ctx.cache.model_digest(ctx.loaded)
-    keys = [make_key("saliency", model_key, name, repr(method), ctx.cache.file_digest(ctx.images.paths[i]),
-                     int(target), tuple(pixels.shape[-2:])) for i, target in zip(samples, targets)]
-    stored = [ctx.cache.load("maps", key) for key in keys]
+    size = tuple(pixels.shape[-2:])
+    keys = [make_key("saliency", ctx.model_key, name, repr(method), file_digest(ctx.images.paths[i]), int(target), size)
+            for i, target in zip(samples, targets)]
+    stored = [ctx.cache.load("maps", key, lambda entry: _read_map(entry, size)) for key in keys]
     todo = [row for row, entry in enumerate(stored) if entry is None]
     bar.update(len(samples) - len(todo))
     for start in range(0, len(todo), CHUNK):
@@ -105,3 +104,11 @@ def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: to
         bar.update(len(rows))
     return [MapLayer(name, src=heatmap_layer_uri(entry["map"].float(), entry["signed"]), signed=entry["signed"])
             for entry in stored], shown
+
+
+def _read_map(entry, size: tuple[int, int]) -> dict:
+    """A cached map: ``{"map": (H, W) float16 tensor of the photo's size, "signed": bool}``."""
+    expect_keys(entry, ("map", "signed"), "a map entry")
+    expect(tuple(expect_tensor(entry["map"], torch.float16, 2, "map").shape) == size, f"the map should be {size}")
+    expect(isinstance(entry["signed"], bool), "signed should be a bool")
+    return entry

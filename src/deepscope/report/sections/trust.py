@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from deepscope.cache import expect, expect_keys, make_key
 from deepscope.catalogue import method_names
-from deepscope.images import load_inputs
 from deepscope.render.evaluation import perturbation_curves_figure, randomization_figure
 from deepscope.render.report import data_uri, png_tensor
-from deepscope.report.base import Figure, Note, ReportContext, Section, Table
-from deepscope.report.cache import make_key
-from deepscope.trust_table import COLUMNS, evaluate_methods, format_row, select_images
+from deepscope.report.base import Figure, Note, ReportContext, Section, Table, read_png
+from deepscope.trust_table import COLUMNS, MethodEvaluation, evaluate_methods, format_row, select_images
 
 #: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
 #: photos in the randomisation check; photos per class folder scored (the table's cost grows with each)
@@ -30,8 +29,9 @@ def trust_section(ctx: ReportContext) -> Section:
     options = {name: ctx.method_options(name) for name in methods}
     per_class = _photos_per_class(ctx)
     parts = [methods, options, per_class, steps, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, settings.seed]
-    key = make_key("trust", parts, ctx.cache.model_digest(loaded), ctx.cache.images_digest(ctx.images))
-    stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, methods, steps, options, per_class))
+    key = make_key("trust", parts, ctx.model_key, ctx.images_key)
+    stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, methods, steps, options, per_class),
+                                      _read_trust)
     rows = stored["rows"]
     headers = [header for _, header, _ in COLUMNS]
     table = [format_row(row) for row in rows]
@@ -88,12 +88,27 @@ def _evaluate(ctx: ReportContext, methods: list[str], steps: int, options: dict,
     results = evaluate_methods(loaded, ctx.images, methods, images_per_class=per_class, mosaics=MOSAICS,
                                steps=steps, cascade_steps=CASCADE_STEPS, randomization_images=RANDOMIZATION_IMAGES,
                                batch_size=settings.batch_size, seed=settings.seed, method_options=options,
-                               progress=settings.progress)
+                               photos=ctx.photos, progress=settings.progress)
     done = [r for r in results if r.deletion is not None]
     stored = {"rows": [r.row() for r in results], "images": len(done[0].deletion.auc) if done else 0}
     if done:
         stored["curves"] = png_tensor(perturbation_curves_figure({r.method: (r.deletion, r.insertion) for r in done}))
-        first = select_images(ctx.images, per_class, settings.seed).paths[:1]
-        pixels = load_inputs(first, loaded.preprocess.crop)[0]
+        pixels = ctx.photos.crops(select_images(ctx.images, per_class, settings.seed).paths[:1])[0]
         stored["randomization"] = png_tensor(randomization_figure({r.method: r.randomization for r in done}, pixels))
+    return stored
+
+
+#: the numbers of a trust table row
+ROW_KEYS = tuple(MethodEvaluation("").row())
+
+
+def _read_trust(stored) -> dict:
+    """A cached trust table: ``{"rows": [row, ...], "images": int}`` and optionally the two figures as PNG."""
+    expect_keys(stored, ("rows", "images"), "a trust entry")
+    expect(isinstance(stored["rows"], list) and all(isinstance(row, dict) and set(row) == set(ROW_KEYS)
+                                                    for row in stored["rows"]), "rows should be table rows")
+    expect(isinstance(stored["images"], int), "images should be a count")
+    for name in ("curves", "randomization"):
+        if name in stored:
+            read_png(stored[name])
     return stored
