@@ -88,3 +88,13 @@ def tiny_cnn() -> nn.Module:
     model.train()
     model[0].weight.requires_grad_(False)
     return model
+
+
+@pytest.fixture
+def tiny_loaded(tiny_cnn):
+    """:func:`tiny_cnn` as a LoadedModel: 32-pixel input, five generic classes."""
+    from deepscope.models.classes import ClassList
+    from deepscope.models.preprocess import Preprocess
+    from deepscope.models.zoo import LoadedModel
+
+    return LoadedModel(tiny_cnn, Preprocess(32, 36), ClassList.generic(5), "tiny", "test")

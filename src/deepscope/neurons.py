@@ -175,6 +175,16 @@ class TopActivations:
     map_size: int
     skipped: list[Skip]
 
+    def select(self, channels: Sequence[int], k: int) -> "TopActivations":
+        """The first ``k`` of the given ``channels`` (each must be among :attr:`channels`)."""
+        missing = [c for c in channels if c not in self.channels]
+        if missing or k > self.values.shape[1]:
+            raise DeepscopeError(f"these top activations of {len(self.channels)} channel(s), {self.values.shape[1]} "
+                                 f"image(s) each, do not hold channels {missing} or k={k}.")
+        rows = torch.tensor([self.channels.index(c) for c in channels], dtype=torch.long)
+        return TopActivations(self.layer, list(channels), self.values[rows, :k], self.image_indices[rows, :k],
+                              self.positions[rows, :k], self.map_size, self.skipped)
+
 
 def batch_top_activations(activation: torch.Tensor, channels: Sequence[int],
                           neuron: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,20 +284,25 @@ class NeuronView:
 def neuron_view(model: nn.Module, preprocess: Preprocess, images: ImageSet, layer: str, channels: Sequence[int],
                 k: int = 9, *, neuron: tuple[int, int] | None = None,
                 pixels: Callable[[Sequence[int]], torch.Tensor] | None = None, batch_size: int = 32,
-                progress: bool = True) -> NeuronView:
+                progress: bool = True, top: TopActivations | None = None) -> NeuronView:
     """Scan ``images`` for ``channels`` of ``layer`` and cut their top-k crops with guided backprop.
 
     With ``neuron=(y, x)`` images are ranked by that one spatial neuron of each channel (see
     :func:`top_activations`). ``pixels(indices)`` gives the ``(N, 3, S, S)`` [0, 1] crops
     (``preprocess.crop``) of the top images by their positions in ``images``, e.g. from photos a caller
-    has decoded already; by default they are decoded here, each once.
+    has decoded already; by default they are decoded here, each once. ``top`` gives top activations found
+    before (over ``images``, of ``layer``, with these channels among its own, e.g. a neurons job's): the
+    images are then not scanned again.
 
     Guided backprop (Springenberg et al. 2015) of neuron ``a[:, c, y, x]`` at each image's strongest
     position; models with activations guided backprop cannot handle get the plain gradient instead
     (``gradient_method`` says which).
     """
-    top = top_activations(model, images, preprocess, layer, channels, k, neuron=neuron, batch_size=batch_size,
-                          progress=progress)
+    if top is None:
+        top = top_activations(model, images, preprocess, layer, channels, k, neuron=neuron, batch_size=batch_size,
+                              progress=progress)
+    else:
+        top = top.select(channels, k)
     field = receptive_field(model, layer, preprocess.input_size)
     try:
         method: Gradient = GuidedBackprop(model, absolute=False, neuron_layer=layer)

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from deepscope.classify import Classification, classify
-from deepscope.commands.common import (add_images_argument, add_model_argument, add_run_options, images_from_args,
-                                       model_from_args, report_skipped)
+from deepscope.commands.common import (add_images_argument, add_job_options, add_model_argument, add_run_options,
+                                       check_job_options, images_from_args, model_from_args, report_skipped,
+                                       run_store_job)
 from deepscope.errors import DeepscopeError
 from deepscope.fileio import check_writable, write_text
 
@@ -24,6 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     parser.add_argument("--show", type=int, default=20, help="print at most this many per-image rows (default 20)")
     add_run_options(parser)
+    add_job_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -32,9 +34,15 @@ def run(args) -> int:
         raise DeepscopeError(f"--output {args.output}: use a .csv or .json file name.")
     if args.output:
         check_writable(args.output, args.force)
+    check_job_options(args)
     loaded = model_from_args(args)
     images = images_from_args(args, loaded)
-    result = classify(loaded, images, topk=args.top, batch_size=args.batch_size, progress=not args.quiet)
+    if args.store:
+        from deepscope.jobs import ClassifyJob, stored_classification
+
+        result = stored_classification(run_store_job(args, ClassifyJob(args.top), loaded, images).open())
+    else:
+        result = classify(loaded, images, topk=args.top, batch_size=args.batch_size, progress=not args.quiet)
     names = loaded.classes.names
     print(f"{loaded.name} on {len(result.paths)} image(s) from {images.root}")
     for path, idx, prob in list(zip(result.paths, result.topk_indices.tolist(), result.topk_probs.tolist()))[: args.show]:

@@ -38,6 +38,37 @@ def add_run_options(parser: argparse.ArgumentParser, out: str | None = None) -> 
         parser.add_argument("--force", action="store_true", help="overwrite existing results")
 
 
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """``--store``, ``--engine``, ``--address``, ``--workers``, ``--shard-size``: run as a dataset job."""
+    group = parser.add_argument_group("whole datasets", "run over every photo in shards, keep the results in a "
+                                      "store (re-runs skip finished shards; `deepscope report --store DIR` reads it)")
+    group.add_argument("--store", default=None, metavar="DIR", help="results store folder; runs the command as a job")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process (default); ray: a pool of Ray actors")
+    group.add_argument("--address", default=None, help="with --engine ray: the cluster to join (auto, HOST:6379, "
+                       "ray://HOST:10001); default: start a local Ray instance")
+    group.add_argument("--workers", type=positive_int, default=None,
+                       help="with --engine ray: actors (default: one per GPU, else one per node)")
+    group.add_argument("--shard-size", type=positive_int, default=None, metavar="N",
+                       help="photos per shard, the unit of work and of resumption (default: the job's)")
+
+
+def check_job_options(args: argparse.Namespace) -> None:
+    """Engine options without ``--store`` are a mistake (they would change nothing)."""
+    if args.store is None and (args.engine != "local" or args.address or args.workers or args.shard_size):
+        raise DeepscopeError("--engine, --address, --workers and --shard-size need --store DIR.")
+
+
+def run_store_job(args: argparse.Namespace, job, loaded: LoadedModel, images: ImageSet):
+    """Run ``job`` into ``args.store`` with the command line's engine; prints what the run did."""
+    from deepscope.jobs import run_job
+
+    run = run_job(job, loaded, images, args.store, engine=args.engine, workers=args.workers, address=args.address,
+                  shard_size=args.shard_size, batch_size=args.batch_size, progress=not args.quiet)
+    print(run.describe())
+    return run
+
+
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """``--option METHOD.OPTION=VALUE`` (repeatable): one option of one method, checked by the catalogue."""
     parser.add_argument("--option", action="append", default=[], metavar="METHOD.OPTION=VALUE",

@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 from deepscope.catalogue import method_names, parse_method_options, parse_methods
-from deepscope.commands.common import (add_images_argument, add_method_options, add_model_argument, add_run_options,
-                                       images_from_args, model_from_args, positive_int, report_skipped)
+from deepscope.commands.common import (add_images_argument, add_job_options, add_method_options, add_model_argument,
+                                       add_run_options, check_job_options, images_from_args, model_from_args,
+                                       positive_int, report_skipped, run_store_job)
 from deepscope.fileio import check_writable, write_text
 
 DEFAULT_METHODS = "gradient,guided,random,center"
@@ -38,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the image draw, mosaics and controls (default 0)")
     add_method_options(parser)
     add_run_options(parser, out="deepscope-evaluation")
+    add_job_options(parser)
+    parser.add_argument("--no-randomization", action="store_true",
+                        help="with --store: skip the per-photo randomisation check (about half the cost)")
     parser.set_defaults(run=run)
 
 
@@ -50,6 +54,9 @@ def run(args) -> int:
 
     methods = parse_methods(args.methods)
     options = parse_method_options(args.option, methods)
+    check_job_options(args)
+    if args.store:
+        return run_jobs(args, methods, options)
     out = Path(args.out)
     for name in OUTPUTS:
         check_writable(out / name, args.force)
@@ -84,4 +91,32 @@ def run(args) -> int:
         save_figure(randomization_similarity_figure(randomized), out / "randomization_similarity.png")
     print(f"wrote {', '.join(OUTPUTS)} to {out}")
     report_skipped(images.skipped)
+    return 0
+
+
+def run_jobs(args, methods: list[str], options: dict) -> int:
+    """``--store``: per-photo metrics of each method over every photo, with 95 % confidence intervals."""
+    from deepscope.catalogue import get_method
+    from deepscope.jobs import EvaluateJob
+    from deepscope.jobs.base import freeze
+
+    loaded = model_from_args(args)
+    images = images_from_args(args, loaded)
+    lines, skipped = [], []
+    for name in methods:
+        offered = get_method(name).offered(layer=args.layer, batch_size=args.batch_size, seed=args.seed)
+        job = EvaluateJob(name, freeze({**offered, **options.get(name, {})}), args.steps, not args.no_randomization,
+                          seed=args.seed)
+        stored = run_store_job(args, job, loaded, images).open()
+        summary = stored.summary
+        skipped.append(stored.skipped_files())
+        cells = [f"{row['mean']:.3f} [{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]" if row["n"] > 1 else "n/a"
+                 for row in summary.values()]
+        lines.append([name, *cells, str(summary["deletion_auc"]["n"])])
+    headers = ["method", "deletion AUC", "insertion AUC", "rand. Spearman", "rand. SSIM", "photos"]
+    widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
+    print("mean [95% confidence interval] per photo:")
+    for row in [headers, *lines]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    report_skipped(*skipped)
     return 0

@@ -8,8 +8,9 @@ import torch
 from tqdm.auto import tqdm
 
 from deepscope.catalogue import build_method, get_method, method_names, parse_method_options, parse_methods
-from deepscope.commands.common import (add_images_argument, add_method_options, add_model_argument, add_run_options,
-                                       images_from_args, model_from_args, report_skipped)
+from deepscope.commands.common import (add_images_argument, add_job_options, add_method_options, add_model_argument,
+                                       add_run_options, check_job_options, images_from_args, model_from_args,
+                                       positive_int, report_skipped, run_store_job)
 from deepscope.errors import DeepscopeError
 from deepscope.fileio import check_writable
 from deepscope.images import load_inputs
@@ -30,21 +31,33 @@ def register(subparsers) -> None:
                         help=f"comma-separated methods, or all (default {DEFAULT_METHODS}); "
                         f"available: {', '.join(method_names())}")
     parser.add_argument("--target", default="pred", help="pred (each image's predicted class), a class index or a "
-                        "class name / WordNet id (default pred)")
+                        "class name / WordNet id; with --store also label (each photo's folder class) (default pred)")
     parser.add_argument("--layer", default=None, help="the layer whose maps the CAM methods weight "
                         "(see `deepscope layers MODEL`; default: the last convolutional block)")
-    parser.add_argument("--limit", type=int, default=16, help="explain at most this many images (default 16)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="explain at most this many images (default 16; with --store: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the methods that draw noise (default 0)")
     add_method_options(parser)
     add_run_options(parser, out="explain")
+    add_job_options(parser)
+    parser.add_argument("--map-size", type=positive_int, default=None, metavar="N",
+                        help="with --store: side of the stored maps (default: the model input's)")
+    parser.add_argument("--map-dtype", choices=("float16", "float32"), default="float16",
+                        help="with --store: number type of the stored maps (default float16)")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     methods = parse_methods(args.method, "--method")
     options = parse_method_options(args.option, methods)
-    if args.limit < 1:
+    if args.limit is not None and args.limit < 1:
         raise DeepscopeError(f"--limit must be positive, got {args.limit}.")
+    check_job_options(args)
+    if args.store:
+        return run_jobs(args, methods, options)
+    if args.map_size is not None or args.map_dtype != "float16":
+        raise DeepscopeError("--map-size and --map-dtype need --store DIR (they say how maps are stored).")
+    args.limit = args.limit or 16
     loaded = model_from_args(args)
     target = None if args.target == "pred" else loaded.classes.index(args.target)
     images = images_from_args(args, loaded)
@@ -91,4 +104,23 @@ def run(args) -> int:
     if len(images) > len(paths):
         print(f"explained the first {len(paths)} of {len(images)} images (raise --limit for more)")
     report_skipped(images.skipped)
+    return 0
+
+
+def run_jobs(args, methods: list[str], options: dict) -> int:
+    """``--store``: one explain job per method over every photo (or the first ``--limit``), maps kept in the store."""
+    from deepscope.jobs import ExplainJob
+    from deepscope.jobs.base import freeze
+
+    loaded = model_from_args(args)
+    images = images_from_args(args, loaded)
+    if args.limit:
+        images = images.subset(range(min(args.limit, len(images))))
+    target = args.target if args.target in ("pred", "label") else loaded.classes.index(args.target)
+    skipped = []
+    for name in methods:
+        offered = get_method(name).offered(layer=args.layer, batch_size=args.batch_size, seed=args.seed)
+        job = ExplainJob(name, freeze({**offered, **options.get(name, {})}), target, args.map_size, args.map_dtype)
+        skipped.append(run_store_job(args, job, loaded, images).open().skipped_files())
+    report_skipped(*skipped)
     return 0

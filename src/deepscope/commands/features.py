@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deepscope.commands.common import (add_images_argument, add_model_argument, add_run_options, images_from_args,
-                                       model_from_args, positive_int, report_skipped)
+from deepscope.commands.common import (add_images_argument, add_job_options, add_model_argument, add_run_options,
+                                       check_job_options, images_from_args, model_from_args, positive_int,
+                                       report_skipped, run_store_job)
 from deepscope.errors import DeepscopeError
 from deepscope.fileio import check_writable
 from deepscope.features import (METRICS, PROJECTIONS, choose_queries, extract_features, knn_accuracy,
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("--cache", default=None, help="feature cache folder (default $DEEPSCOPE_CACHE or ~/.cache/deepscope)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     add_run_options(parser, out="out/features")
+    add_job_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -43,6 +45,10 @@ def run(args) -> int:
     from deepscope.images import Photos
     from deepscope.render.common import save_figure
     from deepscope.render.features import knn_figure, knn_paths, projection_figure, thumbnail_rows
+
+    check_job_options(args)
+    if args.store:
+        return run_job(args)
 
     methods = [] if args.project.strip().lower() in ("", "none") else [m.strip() for m in args.project.split(",")]
     for method in methods:
@@ -85,4 +91,16 @@ def run(args) -> int:
         save_figure(figure, path)
     print("wrote " + ", ".join(str(p) for p in outputs))
     report_skipped(bank.skipped, pixels.skipped)
+    return 0
+
+
+def run_job(args) -> int:
+    """``--store``: the feature bank of every photo, kept in the store (neighbours and maps: `deepscope report`)."""
+    from deepscope.jobs import FeaturesJob
+
+    loaded = model_from_args(args)
+    images = images_from_args(args, loaded)
+    job = run_store_job(args, FeaturesJob(args.layer), loaded, images).open()
+    print(f"layer {job.settings['layer']}: {job.summary.get('dimensions', 0)} features per image")
+    report_skipped(job.skipped_files())
     return 0

@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from deepscope.commands.common import (add_images_argument, add_model_argument, add_run_options, images_from_args,
-                                       model_from_args, report_skipped)
+from deepscope.commands.common import (add_images_argument, add_job_options, add_model_argument, add_run_options,
+                                       check_job_options, images_from_args, model_from_args, report_skipped,
+                                       run_store_job)
 from deepscope.errors import DeepscopeError
 from deepscope.fileio import check_writable, write_text
 
@@ -19,11 +20,13 @@ def register(subparsers) -> None:
     add_model_argument(parser)
     add_images_argument(parser)
     parser.add_argument("--layer", required=True, help="layer name (see `deepscope layers MODEL`)")
-    parser.add_argument("--channels", type=int_list, default=[0, 1, 2], help="comma-separated channels (default 0,1,2)")
+    parser.add_argument("--channels", type=channel_list, default=None,
+                        help="comma-separated channels, or all (default 0,1,2; with --store: all)")
     parser.add_argument("--top", type=int, default=9, help="crops per channel (default 9)")
     parser.add_argument("--neuron", type=int_list, default=None, metavar="Y,X",
                         help="rank images by this one spatial neuron of each channel (default: the channel's maximum)")
     add_run_options(parser, out="out/neurons")
+    add_job_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -37,6 +40,10 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def channel_list(text: str) -> list[int] | str:
+    return "all" if text.strip().lower() == "all" else int_list(text)
+
+
 def run(args) -> int:
     from deepscope.neurons import neuron_view
     from deepscope.render.common import save_figure
@@ -44,15 +51,21 @@ def run(args) -> int:
 
     if args.top < 1:
         raise DeepscopeError(f"--top must be at least 1, got {args.top}.")
+    if args.neuron is not None and len(args.neuron) != 2:
+        raise DeepscopeError(f"--neuron takes two integers Y,X; got {args.neuron}.")
+    check_job_options(args)
+    if args.store:
+        return run_job(args)
+    if args.channels == "all":
+        raise DeepscopeError("--channels all needs --store (a figure shows a few channels); name the channels.")
+    channels = args.channels or [0, 1, 2]
     out = Path(args.out)
     stem = f"neurons_{args.layer.replace('.', '_')}"
     figure_path = check_writable(out / f"{stem}.png", args.force)
     json_path = check_writable(out / f"{stem}.json", args.force)
     loaded = model_from_args(args)
     images = images_from_args(args, loaded)
-    if args.neuron is not None and len(args.neuron) != 2:
-        raise DeepscopeError(f"--neuron takes two integers Y,X; got {args.neuron}.")
-    view = neuron_view(loaded.model, loaded.preprocess, images, args.layer, args.channels, args.top,
+    view = neuron_view(loaded.model, loaded.preprocess, images, args.layer, channels, args.top,
                        neuron=tuple(args.neuron) if args.neuron else None, batch_size=args.batch_size,
                        progress=not args.quiet)
     save_figure(neuron_figure(view), figure_path)
@@ -68,4 +81,24 @@ def run(args) -> int:
         print(f"  channel {c}: top activation {float(view.top.values[i, 0]):.3f} in {Path(view.paths[i][0]).name}")
     print(f"wrote {figure_path} and {json_path}")
     report_skipped(view.top.skipped)
+    return 0
+
+
+def run_job(args) -> int:
+    """``--store``: the top-k images of every channel (or the chosen ones) over every photo, kept in the store."""
+    from deepscope.jobs import NeuronsJob, stored_top_activations
+
+    loaded = model_from_args(args)
+    images = images_from_args(args, loaded)
+    channels = None if args.channels in (None, "all") else tuple(args.channels)
+    job = NeuronsJob(args.layer, channels, args.top, tuple(args.neuron) if args.neuron else None)
+    top = stored_top_activations(run_store_job(args, job, loaded, images).open())
+    report_skipped(top.skipped)
+    shown = min(len(top.channels), 5)
+    for row in range(shown):
+        index = int(top.image_indices[row, 0])
+        print(f"  channel {top.channels[row]}: top activation {float(top.values[row, 0]):.3f} in "
+              f"{images.paths[index].name}")
+    if len(top.channels) > shown:
+        print(f"  ... {len(top.channels) - shown} more channel(s) in the store's topk.parquet")
     return 0

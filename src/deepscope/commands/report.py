@@ -19,8 +19,12 @@ def register(subparsers) -> None:
                         help="model spec (see `deepscope models`; default: the built-in offline model)")
     parser.add_argument("--random-weights", action="store_true", help="build the architecture with random weights")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--images", default="builtin", metavar="DIR",
-                        help="an image file, a flat folder, or one sub-folder per class (default: the built-in photos)")
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="an image file, a flat folder, or one sub-folder per class (default: the photos of "
+                        "the --store's jobs, else the built-in photos)")
+    parser.add_argument("--store", default=None, metavar="DIR",
+                        help="a results store: the jobs of `deepscope classify/features/neurons/explain/evaluate "
+                        "--store DIR` for this model and these photos replace the sections' own computations")
     parser.add_argument("--sections", default="all", metavar="LIST",
                         help=f"comma-separated sections, from: {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--per-class", type=positive_int, default=2, metavar="N",
@@ -44,6 +48,7 @@ def run(args) -> int:
     from deepscope.report.build import report_path
 
     from deepscope.catalogue import parse_method_options
+    from deepscope.jobs import open_store
 
     sections = parse_sections(args.sections)
     options = parse_method_options(args.option)
@@ -53,10 +58,27 @@ def run(args) -> int:
                               method_options=options)
     cache = Cache.open(False if args.no_cache else args.cache)
     loaded = model_from_args(args)
-    images = images_from_args(args, loaded)
+    store = open_store(args.store) if args.store else None
+    if args.images is None and store is not None:
+        images = store_images(store, loaded)
+    else:
+        args.images = args.images or "builtin"
+        images = images_from_args(args, loaded)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
-    ctx = ReportContext(loaded, images, settings, cache)
+    ctx = ReportContext(loaded, images, settings, cache, store=store)
     path = write_report(ctx, args.out, sections, overwrite=args.force, log=log)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {ctx.timer.total:.0f} s)")
     report_skipped(ctx.skipped)
     return 0
+
+
+def store_images(store, loaded):
+    """The photos of the store's newest complete job for this model."""
+    from deepscope.errors import DeepscopeError
+    from deepscope.jobs.store import digests
+
+    jobs = [job for job in store.jobs if job.complete and job.model_digest == digests(loaded)[0]]
+    if not jobs:
+        raise DeepscopeError(f"--store {store.root}: no complete job for {loaded.name} (with these weights); run "
+                             "`deepscope classify MODEL IMAGES --store DIR` first, or pass --images.")
+    return max(jobs, key=lambda job: job.manifest.get("finished", "")).image_set()

@@ -200,7 +200,9 @@ class _Run:
 
 @dataclass
 class ReportContext:
-    """Everything a section may use: the model, the images, the settings, the cache and the timer.
+    """Everything a section may use: the model, the images, the settings, the cache, the timer, and a results
+    store whose dataset jobs (``deepscope classify/features/neurons/explain/evaluate --store``) stand in for
+    the sections' own computations where they fit (same model, same photos).
 
     The context computes the model and image digests, the predictions and the decoded photos once and keeps
     them; :func:`~deepscope.report.write_report` starts afresh (:meth:`new_run`), so a model or a folder
@@ -212,6 +214,7 @@ class ReportContext:
     settings: ReportSettings = field(default_factory=ReportSettings)
     cache: Cache = field(default_factory=lambda: Cache(None))
     timer: Timer = field(default_factory=Timer)
+    store: Any = None
     _run: _Run = field(default_factory=_Run, repr=False)
 
     def new_run(self) -> None:
@@ -238,8 +241,24 @@ class ReportContext:
             self._run.images_key = images_digest(self.images)
         return self._run.images_key
 
+    def stored_job(self, kind: str, accept: Callable[[Any], bool] = lambda job: True, **settings):
+        """The newest complete job of ``kind`` in :attr:`store` for this model and exactly these photos, with
+        ``settings`` and accepted by ``accept(job)``; None without one."""
+        if self.store is None:
+            return None
+        paths = [str(p) for p in self.images.paths]
+        for job in self.store.find(kind, self.model_key, **settings):
+            if accept(job) and job.table("files").column("path").to_pylist() == paths:
+                return job
+        return None
+
     def classification(self) -> Classification:
-        """Top-5 predictions for every readable image (computed once, cached on disk)."""
+        """Top-5 predictions for every readable image (a classify job's from the store, else computed once and
+        cached on disk)."""
+        if self._run.classification is None and (job := self.stored_job("classify", lambda j: j.settings["topk"] >= 5)):
+            from deepscope.jobs import stored_classification
+
+            self._run.classification = stored_classification(job)
         if self._run.classification is None:
             key = make_key("classify", self.model_key, self.images_key)
             self._run.classification = self.cache.get_or_compute(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from deepscope.errors import DeepscopeError
-from deepscope.features import choose_queries, extract_features, knn_accuracy, nearest_neighbours, pixel_bank, project
+from deepscope.features import (FeatureBank, choose_queries, default_feature_layer, extract_features, knn_accuracy,
+                                nearest_neighbours, pixel_bank, project)
+from deepscope.images import ImageSet
+from deepscope.jobs import stored_feature_bank
 from deepscope.render.features import knn_figure, knn_paths, projection_figure
 from deepscope.render.report import figure_uri
 from deepscope.report.base import Figure, Note, ReportContext, Section, Table
@@ -14,6 +17,9 @@ K, QUERIES = 5, 3
 PIXEL_SIZE = 64
 #: t-SNE is shown from this many images on (fewer points make a meaningless picture)
 TSNE_MIN_IMAGES = 20
+#: neighbours, kNN accuracy and projections use a seeded sample of at most this many photos (t-SNE and
+#: leave-one-out kNN grow with the square of the number of points)
+MAX_POINTS = 2000
 
 
 def features_section(ctx: ReportContext) -> Section:
@@ -21,9 +27,16 @@ def features_section(ctx: ReportContext) -> Section:
              "usually of the same class, unlike photos close in pixel space (Krizhevsky et al. 2012); "
              "PCA and t-SNE maps show the same contrast.")
     settings, loaded = ctx.settings, ctx.loaded
-    bank = extract_features(loaded, ctx.images, batch_size=settings.batch_size, cache=ctx.cache,
-                            progress=settings.progress)
-    pixels = pixel_bank(ctx.images, loaded.preprocess, size=PIXEL_SIZE, batch_size=settings.batch_size,
+    job = ctx.stored_job("features", layer=default_feature_layer(loaded.model))
+    if job is not None:
+        bank = stored_feature_bank(job)
+    else:
+        bank = extract_features(loaded, ctx.images, batch_size=settings.batch_size, cache=ctx.cache,
+                                progress=settings.progress)
+    total = len(bank)
+    bank = sample_bank(bank, MAX_POINTS, settings.seed)
+    photos = ctx.images if len(bank) == total else ImageSet(ctx.images.root, bank.paths, bank.folders, bank.labels)
+    pixels = pixel_bank(photos, loaded.preprocess, size=PIXEL_SIZE, batch_size=settings.batch_size,
                         cache=ctx.cache, progress=settings.progress)
     if len(bank) < 3:
         return Section("features", "The feature space", intro,
@@ -31,6 +44,10 @@ def features_section(ctx: ReportContext) -> Section:
     names = loaded.classes.names
     k = min(K, len(bank) - 1)
     items = []
+    if job is not None or len(bank) < total:
+        where = f"the feature bank of the store's job {job.path.name}" if job is not None else "the feature bank"
+        sample = f"; a seeded sample of {len(bank):,} of its {total:,} photos below" if len(bank) < total else ""
+        items.append(Note(f"From {where}{sample}."))
     try:
         rows = [[f"{k}-NN accuracy (leave one out)", f"{knn_accuracy(bank, k):.1%}", f"{knn_accuracy(pixels, k):.1%}"]]
         items.append(Table(["", f"features ({bank.layer}, {bank.features.shape[1]}-d)",
@@ -50,3 +67,14 @@ def features_section(ctx: ReportContext) -> Section:
         items.append(Figure(figure_uri(figure), caption=f"{'PCA' if method == 'pca' else 't-SNE'} of features "
                             "(left) and pixels (right), coloured by class."))
     return Section("features", "The feature space", intro, items)
+
+
+def sample_bank(bank: FeatureBank, count: int, seed: int) -> FeatureBank:
+    """At most ``count`` rows of ``bank``, drawn with ``seed`` and kept in file order."""
+    import torch
+
+    if len(bank) <= count:
+        return bank
+    rows = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed))[:count].sort().values.tolist()
+    return FeatureBank(bank.features[rows], [bank.paths[i] for i in rows], [bank.labels[i] for i in rows],
+                       [bank.folders[i] for i in rows], bank.layer, bank.model, bank.space, bank.skipped, bank.key)

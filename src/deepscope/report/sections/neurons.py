@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepscope.jobs import stored_top_activations
 from deepscope.neurons import neuron_view
 from deepscope.probe import get_layer
 from deepscope.render.neurons import neuron_figure
@@ -20,15 +21,19 @@ def neurons_section(ctx: ReportContext) -> Section:
     layer = block_layer(loaded.model)
     channels = spread_channels(get_layer(loaded.model, layer), CHANNELS)
     k = min(TOP, len(ctx.images))
+    job = ctx.stored_job("neurons", lambda j: j.summary.get("k", 0) >= k and set(channels) <= set(j.summary["channels"]),
+                         layer=layer, neuron=None)
+    top = stored_top_activations(job) if job is not None else None
 
     def draw():
         view = neuron_view(loaded.model, loaded.preprocess, ctx.images, layer, channels, k, pixels=ctx.pixels,
-                           batch_size=settings.batch_size, progress=settings.progress)
+                           batch_size=settings.batch_size, progress=settings.progress, top=top)
         return neuron_figure(view)
 
     src = ctx.figure("neurons", [layer, channels, k], draw)
     caption = (f"Channels {', '.join(map(str, channels))} of {layer}: the {k} image regions (receptive fields) where "
-               "each fires most, above the guided backprop of that neuron on each crop.")
+               "each fires most, above the guided backprop of that neuron on each crop"
+               + (f" (top activations from the store's job {job.path.name})." if job is not None else "."))
     return Section("neurons", "Neurons",
                    "What intermediate units respond to: for a few channels of a block two thirds of the way through "
                    "the network, the image crops that excite them most and the pixels that drive them "

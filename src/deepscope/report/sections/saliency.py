@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from deepscope.cache import expect, expect_keys, expect_tensor, file_digest, make_key
 from deepscope.catalogue import get_method, method_names
 from deepscope.errors import DeepscopeError, UnsupportedModelError
-from deepscope.maps import display_maps
+from deepscope.maps import Display, display_maps
 from deepscope.render.report import heatmap_layer_uri, photo_uri
 from deepscope.report.base import MapLayer, ReportContext, SaliencyCard, Section, Table
 
@@ -63,8 +63,16 @@ def gallery_methods() -> list[str]:
 
 def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: torch.Tensor,
                    targets: torch.Tensor, bar) -> tuple[list[MapLayer], str]:
-    """One layer per sample image for method ``name`` (from the cache, computed, or a not-applicable
-    note) and the method's settings."""
+    """One layer per sample image for method ``name`` (from an explain job in the store, the cache, computed,
+    or a not-applicable note) and the method's settings."""
+    job = ctx.stored_job("explain", method=name, target="pred", size=int(pixels.shape[-1]))
+    if job is not None:
+        display = Display(job.summary["reduction"], job.summary["signed"])
+        maps = display_maps(torch.from_numpy(job.rows("maps", samples).astype("float32")), display)
+        bar.update(len(samples))
+        options = ", ".join(f"{k}={v}" for k, v in job.settings["options"]) or "defaults"
+        return ([MapLayer(name, src=heatmap_layer_uri(m, display.signed), signed=display.signed) for m in maps],
+                f"{options} (the store's job {job.path.name})")
     overrides = ctx.method_options(name)
     try:
         method = ctx.build_method(name)

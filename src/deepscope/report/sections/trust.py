@@ -14,9 +14,17 @@ from deepscope.trust_table import COLUMNS, MethodEvaluation, evaluate_methods, f
 STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS = 20, 8, 1, 1, 1
 
 
+INTRO = ("How faithful each saliency method is: deletion and insertion AUC (Petsiuk et al. 2018), the grid "
+         "pointing game (Böhle et al. 2022) and the sanity check by cascading model randomisation "
+         "(Adebayo et al. 2018), next to a random and a centred control map.")
+
+
 def trust_section(ctx: ReportContext) -> Section:
     loaded, settings = ctx.loaded, ctx.settings
     methods = method_names()
+    jobs = {name: job for name in methods if (job := ctx.stored_job("evaluate", method=name)) is not None}
+    if jobs:
+        return _stored_section(ctx, methods, jobs)
     steps = settings.steps or STEPS
     options = {name: ctx.method_options(name) for name in methods}
     per_class = _photos_per_class(ctx)
@@ -41,10 +49,32 @@ def trust_section(ctx: ReportContext) -> Section:
                                             "block is re-initialised; a faithful map changes.")):
         if name in stored:
             items.append(Figure(data_uri(stored[name].numpy().tobytes(), "image/png"), caption=caption))
-    return Section("trust", "Can the maps be trusted?",
-                   "How faithful each saliency method is: deletion and insertion AUC (Petsiuk et al. 2018), the grid "
-                   "pointing game (Böhle et al. 2022) and the sanity check by cascading model randomisation "
-                   "(Adebayo et al. 2018), next to a random and a centred control map.", items)
+    return Section("trust", "Can the maps be trusted?", INTRO, items)
+
+
+def _stored_section(ctx: ReportContext, methods: list[str], jobs: dict) -> Section:
+    """The table from the store's evaluate jobs: every photo's metrics, mean and 95 % confidence interval."""
+    from deepscope.jobs.evaluate import METRICS
+
+    rows = []
+    for name, job in jobs.items():
+        summary = job.summary
+        cells = [f"{summary[m]['mean']:.3f} [{summary[m]['ci95_low']:.3f}, {summary[m]['ci95_high']:.3f}]"
+                 if summary[m]["n"] > 1 else "n/a" for m in METRICS]
+        options = ", ".join(f"{k}={v}" for k, v in job.settings["options"]) or "defaults"
+        rows.append([name, *cells, f"{summary['deletion_auc']['n']:,}", f"{job.settings['steps']} steps; {options}"])
+    headers = ["method", "deletion AUC (lower is better)", "insertion AUC (higher is better)",
+               "rank corr. after top-layer randomisation (lower passes)", "SSIM after top-layer randomisation",
+               "photos", "settings"]
+    items = [Table(headers, rows, f"{ctx.loaded.name}: every photo's metrics from the store's evaluate jobs; mean "
+                                  "[95 % confidence interval]. random and center are controls: they show chance level. "
+                                  "The pointing game scores mosaics, not photos: run `deepscope evaluate` without "
+                                  "--store for it.")]
+    missing = [name for name in methods if name not in jobs]
+    if missing:
+        items.append(Note(f"No evaluate job in the store for {', '.join(missing)}: run `deepscope evaluate MODEL IMAGES "
+                          f"--store DIR --methods {','.join(missing)}`."))
+    return Section("trust", "Can the maps be trusted?", INTRO, items)
 
 
 def _photos_per_class(ctx: ReportContext) -> int:
