@@ -1,5 +1,6 @@
 """Class activation maps: hand-computed answers on tiny models, default layers, token maps, invariants."""
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -8,8 +9,8 @@ import torchvision
 from torch import nn
 
 from conftest import assert_unchanged, model_fingerprint
-from deepscope.attribution.cam import (CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM,
-                                       default_cam_layer, token_grid)
+from deepscope.attribution.cam import (CAM, AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM,
+                                       LayerCAM, ScoreCAM, XGradCAM, default_cam_layer, token_grid)
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.catalogue import METHODS, build_method, get_method
 from deepscope.errors import LayerNotFoundError, TargetError, UnsupportedModelError
@@ -59,6 +60,143 @@ def test_gradcam_plusplus_and_layercam_by_hand(gap_model):
     weights = (g.clamp_min(0) * alpha).sum((2, 3))
     plusplus = (weights[:, :, None, None] * a).sum(1, keepdim=True).clamp_min(0)
     assert torch.allclose(GradCAMPlusPlus(gap_model).attribute_raw(x, 1), plusplus, atol=1e-6)
+
+
+def test_hirescam_and_xgradcam_by_hand(gap_model):
+    # d score / dA_k = w_k / (h w) everywhere on a GAP + linear model
+    x = torch.randn(2, 3, 12, 12)
+    a = _layer_output(gap_model, x)
+    g = gap_model[4].weight[1].detach()[None, :, None, None].expand_as(a) / 36
+    hires = (g * a).sum(1, keepdim=True)
+    assert torch.allclose(HiResCAM(gap_model, relu=False).attribute_raw(x, 1), hires, atol=1e-6)
+    assert torch.allclose(HiResCAM(gap_model).attribute_raw(x, 1), hires.clamp_min(0), atol=1e-6)
+    # HiResCAM before its ReLU sums to the score minus the bias on such a model
+    with torch.no_grad():
+        logit = gap_model(x)[:, 1] - gap_model[4].bias[1]
+    assert torch.allclose(hires.sum((1, 2, 3)), logit, atol=1e-5)
+    weights = (g * a).sum((2, 3)) / (a.sum((2, 3)) + 1e-7)
+    xgrad = (weights[:, :, None, None] * a).sum(1, keepdim=True).clamp_min(0)
+    assert torch.allclose(XGradCAM(gap_model).attribute_raw(x, 1), xgrad, atol=1e-6)
+
+
+def test_eigencam_by_hand_with_its_sign_rule(gap_model):
+    x = torch.randn(3, 3, 12, 12)
+    a = _layer_output(gap_model, x).double()
+    maps = EigenCAM(gap_model, relu=False).attribute_raw(x, 0)
+    assert torch.equal(maps, EigenCAM(gap_model, relu=False).attribute_raw(x, 2))  # class-agnostic
+    for i in range(3):
+        positions = a[i].flatten(1).T  # (h w, K)
+        positions = positions - positions.mean(0)
+        _, _, vt = np.linalg.svd(positions.numpy())
+        projection = torch.from_numpy(positions.numpy() @ vt[0])
+        if torch.dot(projection, positions.sum(1)) < 0:  # the documented sign: agree with the channels' sum
+            projection = -projection
+        assert torch.allclose(maps[i].flatten().double(), projection, atol=1e-5)
+
+
+def _ablation_by_hand(model, layer, x, target):
+    """Ablation-CAM weights, one channel and one image at a time, through a hook on the test's own model."""
+    module = dict(model.named_modules())[layer]
+    weights = []
+    for i in range(len(x)):
+        with torch.no_grad():
+            clean = model(x[i:i + 1])[0, target[i]]
+            row = []
+            for k in range(_channels(model, module, x[i:i + 1])):
+                def zero(mod, args, output, k=k):
+                    output = output.clone()
+                    output[:, k] = 0
+                    return output
+                handle = module.register_forward_hook(zero)
+                try:
+                    row.append((clean - model(x[i:i + 1])[0, target[i]]) / clean)
+                finally:
+                    handle.remove()
+        weights.append(torch.stack(row))
+    return torch.stack(weights)
+
+
+def _channels(model, module, x):
+    shapes = []
+    handle = module.register_forward_hook(lambda mod, args, output: shapes.append(output.shape[1]))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return shapes[0]
+
+
+class _ConcatNet(nn.Module):
+    """conv -> conv ("b"), then the head reads both concatenated, as DenseNet does."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.Conv2d(4, 5, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(9, 3)
+
+    def forward(self, x):
+        a = self.a(x).relu()
+        return self.fc(torch.cat([a, self.b(a)], dim=1).mean((2, 3)))
+
+
+class _ResidualNet(nn.Module):
+    """A residual block whose inner layer ("block.1") is ablated: the skip adds the block's input back."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1))
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.stem(x).relu()
+        return self.fc((h + self.block(h)).relu().mean((2, 3)))
+
+
+@pytest.mark.parametrize("net, layer, prefix", [("gap", "1", "none"), ("residual", "block.1", "once"),
+                                                ("concat", "b", "per copy")])
+def test_ablationcam_by_hand_however_often_the_layers_before_run(gap_model, net, layer, prefix):
+    torch.manual_seed(2)
+    model = {"gap": gap_model, "residual": _ResidualNet().eval(), "concat": _ConcatNet().eval()}[net]
+    x = torch.randn(3, 3, 12, 12)
+    target = torch.tensor([0, 2, 1])
+    before = model_fingerprint(model)
+    with Probe(model, [layer], detach=True) as probe, torch.no_grad():
+        probe(x)
+        a = probe.activations[layer]
+    weights = _ablation_by_hand(model, layer, x, target)
+    expected = (weights[:, :, None, None] * a).sum(1, keepdim=True).clamp_min(0)
+    for batch_size in (2, 64):
+        method = AblationCAM(model, layer=layer, batch_size=batch_size)
+        assert torch.allclose(method.attribute_raw(x, target), expected, atol=1e-5)
+        # a chain needs no layer before; the residual addition broadcasts one image; the concatenation needs copies
+        assert method.prefix_runs_ == prefix
+    assert_unchanged(model, before)
+    if net == "gap":  # closed form: zeroing channel k lowers the logit by w_k mean(A_k)
+        w = gap_model[4].weight.detach()[target]
+        with torch.no_grad():
+            logits = gap_model(x).gather(1, target[:, None])
+        assert torch.allclose(weights, w * a.mean((2, 3)) / logits, atol=1e-5)
+
+
+def test_ablationcam_runs_only_channels_that_are_not_zero(gap_model):
+    with torch.no_grad():
+        gap_model[0].bias[1:3] = -100.0  # two dead channels after the ReLU
+    x = torch.randn(2, 3, 12, 12)
+    rows, head_rows = [], []
+    handles = [gap_model[0].register_forward_pre_hook(lambda module, args: rows.append(len(args[0]))),
+               gap_model[2].register_forward_pre_hook(lambda module, args: head_rows.append(len(args[0])))]
+    try:
+        maps = AblationCAM(gap_model, batch_size=64).attribute_raw(x, 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # one image to find the default layer, the clean batch, 2 copies for the check, then 2 live channels per
+    # image; the layers before the ablated one run on empty batches
+    assert head_rows == [1, 2, 2, 2, 2] and rows == [1, 2, 0, 0, 0]
+    assert torch.allclose(maps, (_ablation_by_hand(gap_model, "1", x, torch.tensor([1, 1]))[:, :, None, None]
+                                 * _layer_output(gap_model, x)).sum(1, keepdim=True).clamp_min(0), atol=1e-5)
 
 
 def _scorecam_by_hand(model, x, target, channels=None):
@@ -202,7 +340,8 @@ def test_every_method_leaves_the_model_unchanged(tiny_cnn):
     before = model_fingerprint(tiny_cnn)
     x = torch.randn(2, 3, 8, 8)
     x_before = x.clone()
-    for name in ("cam", "gradcam", "gradcam++", "scorecam", "layercam", "guided-gradcam"):
+    for name in ("cam", "gradcam", "gradcam++", "scorecam", "layercam", "hirescam", "xgradcam", "eigencam",
+                 "ablationcam", "guided-gradcam"):
         method = build_method(name, tiny_cnn, **get_method(name).offered(layer="4", batch_size=3))
         maps = method(x, target=1)
         assert maps.shape[-2:] == (8, 8) and torch.isfinite(maps).all()

@@ -52,7 +52,8 @@ def test_ill_typed_options_are_refused(name, tiny_cnn):
 
 def test_options_mean_one_thing():
     layered = {name for name, entry in METHODS.items() if entry.accepts("layer")}
-    assert layered == {"cam", "gradcam", "gradcam++", "scorecam", "layercam", "guided-gradcam"}
+    assert layered == {"cam", "gradcam", "gradcam++", "scorecam", "layercam", "hirescam", "xgradcam", "eigencam",
+                       "ablationcam", "guided-gradcam"}
     for entry in METHODS.values():  # a channel to explain is the library's neuron_layer, never a catalogue layer
         assert not entry.accepts("neuron_layer")
         layer = entry._by_name.get("layer")
@@ -146,6 +147,7 @@ def test_evaluate_runs_every_method_with_a_cam_layer(tmp_path, capsys):
             "--images-per-class", "2", "--mosaics", "0", "--steps", "2", "--cascade-steps", "1",
             "--randomization-images", "1", "--option", "occlusion.window=112", "--option", "occlusion.stride=112",
             "--option", "scorecam.max_channels=4", "--option", "smoothgrad.n=2", "--option", "ig.steps=2",
+            "--option", "vargrad.n=2", "--option", "gradientshap.n=2", "--option", "rise.n=8",
             "--out", str(out), "--quiet"]
     assert main(argv) == 0, capsys.readouterr().err
     rows = {row.split(",")[0]: row for row in (out / "evaluation.csv").read_text().splitlines()[1:]}

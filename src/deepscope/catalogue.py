@@ -33,16 +33,20 @@ from typing import Any
 from torch import nn
 
 from deepscope.attribution.base import Attribution
-from deepscope.attribution.cam import CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM
+from deepscope.attribution.cam import (CAM, AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM,
+                                       LayerCAM, ScoreCAM, XGradCAM)
 from deepscope.attribution.controls import CenterMap, RandomMap
+from deepscope.attribution.fullgrad import FullGrad
 from deepscope.attribution.gradient import Gradient
+from deepscope.attribution.gradient_shap import GradientSHAP, ReferencePhotos
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.attribution.integrated_gradients import METHODS as QUADRATURES
 from deepscope.attribution.integrated_gradients import IntegratedGradients
 from deepscope.attribution.lrp import COMPOSITES, LRP
 from deepscope.attribution.occlusion import BASELINES as OCCLUSION_BASELINES
 from deepscope.attribution.occlusion import SCORES, Occlusion
-from deepscope.attribution.smoothgrad import SmoothGrad
+from deepscope.attribution.rise import RISE
+from deepscope.attribution.smoothgrad import SmoothGrad, VarGrad
 from deepscope.errors import DeepscopeError, did_you_mean
 from deepscope.maps import Display
 
@@ -52,6 +56,7 @@ COSTS = {
     "one pass": "one forward and one backward pass",
     "passes": "a fixed number of forward and backward passes (steps, noisy copies)",
     "channels": "one forward pass per channel of the layer",
+    "masks": "one forward pass per random mask",
     "windows": "one forward pass per window position (cheaper with incremental evaluation)",
 }
 #: settings that are passed to the methods that use them and change no map (see the module docstring)
@@ -230,8 +235,24 @@ def _seed_option(what: str) -> Option:
     return Option("seed", int, 0, f"seed of {what}")
 
 
+def _noise_options(n: int, batch_size: int) -> tuple[Option, ...]:
+    return (Option("n", int, n, "noisy copies", minimum=1),
+            Option("noise", float, 0.15, "noise standard deviation as a fraction of the image's range", minimum=0),
+            _batch_option(batch_size, "noisy copies"), _seed_option("the noise"))
+
+
 def _smoothgrad(model: nn.Module, n: int = 25, noise: float = 0.15, batch_size: int = 25, seed: int = 0) -> SmoothGrad:
     return SmoothGrad(Gradient(model), n=n, noise=noise, batch_size=batch_size, seed=seed)
+
+
+def _vargrad(model: nn.Module, n: int = 25, noise: float = 0.15, batch_size: int = 25, seed: int = 0) -> VarGrad:
+    return VarGrad(Gradient(model, absolute=False), n=n, noise=noise, batch_size=batch_size, seed=seed)
+
+
+def _gradientshap(model: nn.Module, baselines: str = "builtin", n: int = 50, noise: float = 0.0,
+                  batch_size: int = 50, seed: int = 0, preprocess=None) -> GradientSHAP:
+    return GradientSHAP(model, ReferencePhotos(baselines, preprocess), n=n, noise=noise, batch_size=batch_size,
+                        seed=seed)
 
 
 #: every method, in the order the report shows them
@@ -255,11 +276,10 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in [
                 cost="windows", settings=("progress",)),
     MethodEntry("smoothgrad", SmoothGrad, "Smilkov et al. 2017",
                 "gradient saliency averaged over copies of the image with Gaussian noise",
-                (Option("n", int, 25, "noisy copies", minimum=1),
-                 Option("noise", float, 0.15, "noise standard deviation as a fraction of the image's range",
-                        minimum=0),
-                 _batch_option(25, "noisy copies"), _seed_option("the noise")),
-                cost="passes", build=_smoothgrad),
+                _noise_options(25, 25), cost="passes", build=_smoothgrad),
+    MethodEntry("vargrad", VarGrad, "Adebayo et al. 2018",
+                "variance of the gradient over copies of the image with Gaussian noise",
+                _noise_options(25, 25), cost="passes", build=_vargrad),
     MethodEntry("ig", IntegratedGradients, "Sundararajan, Taly & Yan 2017",
                 "gradients integrated along the path from a baseline to the image, times the difference",
                 (Option("steps", int, 50, "points on the path (forward and backward passes per image)", minimum=2),
@@ -277,6 +297,24 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in [
                  Option("gamma", float, 0.25, "weight of positive contributions in the gamma rule", minimum=0),
                  Option("stabilizer", float, 1e-6, "stabiliser of every other rule", minimum=1e-12)),
                 settings=("preprocess",)),
+    MethodEntry("gradientshap", GradientSHAP, "Lundberg & Lee 2017; Erion et al. 2021 (Expected Gradients)",
+                "gradients at random points between the image and reference photos, times the difference "
+                "(Expected Gradients without noise)",
+                (Option("baselines", str, "builtin", "reference photos the baselines are drawn from: builtin (five "
+                        "sample photos that install with scikit-image and matplotlib) or a folder of photos"),
+                 Option("n", int, 50, "samples: a baseline and a point on the path each", minimum=1),
+                 Option("noise", float, 0.0, "noise on the image as a fraction of its range (GradientSHAP; 0: "
+                        "Expected Gradients)", minimum=0),
+                 _batch_option(50, "samples"), _seed_option("the baselines, path points and noise")),
+                cost="passes", build=_gradientshap, settings=("preprocess",)),
+    MethodEntry("rise", RISE, "Petsiuk, Das & Saenko 2018",
+                "class probability on randomly masked copies of the image, averaged with the masks as weights",
+                (Option("n", int, 4000, "random masks (forward passes per image)", minimum=1),
+                 Option("grid", int, 7, "cells per side of the random binary grid", minimum=1),
+                 Option("keep", float, 0.5, "probability that a grid cell is kept", minimum=0.01),
+                 Option("score", str, "probability", "the score the masks are weighted by", choices=SCORES),
+                 _batch_option(64, "masked images"), _seed_option("the masks")),
+                cost="masks", settings=("progress",)),
     MethodEntry("cam", CAM, "Zhou et al. 2016", "final linear layer's class weights x last conv maps (GAP heads)",
                 (_layer_option(), _relu_option(False))),
     MethodEntry("gradcam", GradCAM, "Selvaraju et al. 2017", "layer maps weighted by their mean gradient",
@@ -293,6 +331,20 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in [
                 cost="channels", settings=("progress",)),
     MethodEntry("layercam", LayerCAM, "Jiang et al. 2021", "layer maps weighted per position by positive gradients",
                 (_layer_option(), _relu_option(True))),
+    MethodEntry("hirescam", HiResCAM, "Draelos & Carin 2020", "layer maps times their gradient, position by position",
+                (_layer_option(), _relu_option(True))),
+    MethodEntry("xgradcam", XGradCAM, "Fu et al. 2020",
+                "layer maps weighted by gradient x activation, normalised by the map's sum",
+                (_layer_option(), _relu_option(True))),
+    MethodEntry("eigencam", EigenCAM, "Muhammad & Yeasin 2020",
+                "the layer maps' first principal component (class-agnostic)",
+                (_layer_option(), _relu_option(True))),
+    MethodEntry("ablationcam", AblationCAM, "Desai & Ramaswamy 2020",
+                "layer maps weighted by the score's relative drop when each map is zeroed",
+                (_layer_option(), _batch_option(64, "ablated copies"), _relu_option(True)),
+                cost="channels", settings=("progress",)),
+    MethodEntry("fullgrad", FullGrad, "Srinivas & Fleuret 2019",
+                "input x gradient plus every convolutional bias x its gradient, each map normalised"),
     MethodEntry("guided-gradcam", GuidedGradCAM, "Selvaraju et al. 2017", "guided backprop x upsampled Grad-CAM",
                 (_layer_option(),)),
     MethodEntry("random", RandomMap, "control", "uniform noise (seeded): the chance level of every metric",

@@ -182,15 +182,22 @@ class Probe:
         """Also capture each named layer's first input, as ``activations[f"{name}:input"]``.
 
         For example the input of a classifier's last ``nn.Linear`` (the penultimate features). A
-        forward pre-hook, detached like the output captures, removed when the probe exits.
+        forward pre-hook, removed when the probe exits; detached like the output captures, or graph-connected
+        with the layer running on a copy (so an in-place layer cannot alter what was captured, and
+        ``torch.autograd.grad(score, probe.activations[f"{name}:input"])`` is the gradient at the layer's input).
         """
         if not self._active:
             raise RuntimeError("use the Probe inside a `with` block")
         for name in layers:
             def hook(module, args, key=f"{name}:input"):
-                if args and isinstance(args[0], torch.Tensor):
-                    tensor = args[0]
-                    self.activations[key] = tensor.detach() if self.detach or not torch.is_grad_enabled() else tensor
+                if not args or not isinstance(args[0], torch.Tensor):
+                    return None
+                tensor = args[0]
+                if self.detach or not torch.is_grad_enabled():
+                    self.activations[key] = tensor.detach()
+                    return None
+                self.activations[key] = tensor
+                return (tensor.clone(), *args[1:])
             self._handles.append(get_layer(self.model, name).register_forward_pre_hook(hook))
 
     def replace_output(self, name: str, rule: Callable[[torch.Tensor], torch.Tensor | None]) -> None:

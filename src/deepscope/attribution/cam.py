@@ -1,4 +1,5 @@
-"""Class activation maps: CAM, Grad-CAM, Grad-CAM++, Score-CAM, Layer-CAM and guided Grad-CAM.
+"""Class activation maps: CAM, Grad-CAM, Grad-CAM++, Score-CAM, Layer-CAM, HiResCAM, XGrad-CAM, Eigen-CAM,
+Ablation-CAM and guided Grad-CAM.
 
 Every CAM here runs one shared pipeline (:class:`ClassActivationMap`); a method only says how it
 combines a layer's activations ``A`` (N, K, h, w) -- and, for the gradient methods, the gradients
@@ -16,7 +17,9 @@ combines a layer's activations ``A`` (N, K, h, w) -- and, for the gradient metho
 Maps are not normalised (use :func:`deepscope.maps.normalize`), with one exception: several layers
 are combined as the mean of their min-max normalised maps (as pytorch-grad-cam does).
 
-The formulas follow pytorch-grad-cam 1.5.7, so the maps agree with it (tests/test_cam.py).
+The formulas follow pytorch-grad-cam 1.5.7, so the maps agree with it (tests/test_cam_reference.py), except
+where a method's docstring says otherwise (Eigen-CAM's sign, Ablation-CAM's ablated value). FullGrad, which
+weights no layer, is :mod:`deepscope.attribution.fullgrad`.
 """
 
 from __future__ import annotations
@@ -270,6 +273,173 @@ class LayerCAM(ClassActivationMap):
 
     def _combine(self, activation, gradient, context):
         return (gradient.clamp_min(0) * activation).sum(dim=1, keepdim=True)
+
+
+class HiResCAM(ClassActivationMap):
+    """HiResCAM (Draelos and Carin, 2020): the element-wise product of gradient and activation, summed over channels.
+
+    Unlike Grad-CAM, no averaging of the gradient over space: for a model whose head is one linear layer
+    after the layer, the map (before the ReLU) sums exactly to the score minus the bias.
+    """
+
+    name = "hirescam"
+
+    def _combine(self, activation, gradient, context):
+        return (gradient * activation).sum(dim=1, keepdim=True)
+
+
+class XGradCAM(ClassActivationMap):
+    """XGrad-CAM (Fu et al., 2020): channel weights = sum over space of gradient x activation, divided by the
+    channel's activation sum (plus 1e-7, as pytorch-grad-cam)."""
+
+    name = "xgradcam"
+
+    def _combine(self, activation, gradient, context):
+        weights = (gradient * activation).sum(dim=(2, 3)) / (activation.sum(dim=(2, 3)) + 1e-7)
+        return _weighted_sum(weights, activation)
+
+
+class EigenCAM(ClassActivationMap):
+    """Eigen-CAM (Muhammad and Yeasin, 2020): the projection of the layer's maps on their first principal component.
+
+    Differs from the protocol: class-agnostic (the target is checked but does not change the map), no gradients.
+    Each image's activations, as (h * w) positions x K channels centred per channel, are projected on their
+    first right singular vector, as pytorch-grad-cam computes it. A singular vector's sign is arbitrary
+    (pytorch-grad-cam keeps LAPACK's); here it is chosen so that the map correlates positively with the
+    channels' sum, i.e. high where the layer is strongly active.
+    """
+
+    name = "eigencam"
+    uses_gradients = False
+
+    def _combine(self, activation, gradient, context):
+        n, k, h, w = activation.shape
+        positions = activation.flatten(2).transpose(1, 2)  # (N, h * w, K)
+        positions = positions - positions.mean(dim=1, keepdim=True)
+        _, _, vh = torch.linalg.svd(positions, full_matrices=False)
+        projection = (positions @ vh[:, 0, :, None]).squeeze(2)  # (N, h * w)
+        agreement = (projection * positions.sum(dim=2)).sum(dim=1)
+        sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
+        return (projection * sign[:, None]).view(n, 1, h, w)
+
+
+#: how often AblationCAM runs the layers before its layer, from the cheapest (see :class:`AblationCAM`)
+PREFIX_RUNS = ("none", "once", "per copy")
+
+
+class AblationCAM(ClassActivationMap):
+    """Ablation-CAM (Desai and Ramaswamy, 2020): channel weights = the relative drop of the score when the
+    channel is set to zero, ``(y - y_k) / y``.
+
+    Differs from the protocol: no gradients; one pass of the layers after ``layer`` per channel and image,
+    ``batch_size`` ablated copies at a time under ``torch.inference_mode()``. A :class:`~deepscope.probe.Probe`
+    hook replaces the layer's output by the batch of copies, each with another channel zeroed, so only the
+    layers after ``layer`` need to run on every copy. How often the layers before it run (stored in
+    :attr:`prefix_runs_`, cheapest first):
+
+    - ``"none"``: the model runs on an empty batch and the hook puts in copies of the layer's output from
+      the shared pass, so the layers before cost nothing. Needs a chain: every later layer reads only what
+      comes from ``layer``;
+    - ``"once"``: the model runs on the one image and the hook turns the layer's output into the copies;
+      residual additions of earlier outputs broadcast the image's values to every copy;
+    - ``"per copy"``: the whole model runs on copies of the image (any model; a concatenation with an earlier
+      output, as in DenseNet, needs it).
+
+    The cheapest one that works is found on the first image of each call: two unablated copies must give the
+    image's own score (and an error, such as adding a batch of copies to an empty or single-image batch,
+    rules a way out).
+
+    Channels that are zero everywhere are not run: zeroing them changes nothing and their weight multiplies a
+    zero map. The ablated value is always 0 (the paper's); pytorch-grad-cam 1.5.7 uses 0 only when the
+    layer's smallest value is 0 and a large negative number otherwise. A zero score divides by 1.
+
+    Parameters
+    ----------
+    batch_size : int
+        Ablated copies per forward pass.
+    progress : bool
+        Show a progress bar over the images.
+    """
+
+    name = "ablationcam"
+    uses_gradients = False
+
+    def __init__(self, model: nn.Module, layer: Layers = None, batch_size: int = 64, relu: bool = True,
+                 progress: bool = False):
+        super().__init__(model, layer=layer, relu=relu)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise DeepscopeError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        self.batch_size = batch_size
+        self.progress = progress
+        self.prefix_runs_: str | None = None
+
+    def _combine(self, activation, gradient, context):
+        clean = target_scores(context.output, context.target)
+        ablated = self.ablated_scores(activation, context)
+        divisor = torch.where(clean == 0, torch.ones_like(clean), clean)[:, None]
+        return _weighted_sum(((clean[:, None] - ablated) / divisor).to(activation.dtype), activation)
+
+    def ablated_scores(self, activation: torch.Tensor, context: _Pass) -> torch.Tensor:
+        """(N, K) target scores with each channel of ``context.layer`` zeroed (the clean score for channels that
+        are zero everywhere)."""
+        n, k = activation.shape[:2]
+        clean = target_scores(context.output, context.target)
+        scores = clean[:, None].repeat(1, k)
+        live = activation.flatten(2).ne(0).any(dim=2)
+        # keep (B, K): 1 keeps a channel of a copy, 0 zeroes it; base: the layer output the copies are made of
+        state = {"keep": None, "base": None, "calls": 0}
+
+        def ablate(output):
+            state["calls"] += 1
+            if state["calls"] > 1:
+                raise UnsupportedModelError(f"layer {context.layer!r} runs more than once per forward pass; "
+                                            "AblationCAM cannot ablate it. Choose another layer.")
+            if not isinstance(output, torch.Tensor):
+                raise UnsupportedModelError(f"layer {context.layer!r} does not output one tensor; AblationCAM "
+                                            "needs a (N, C, H, W) map or a (N, tokens, C) sequence.")
+            base = output if state["base"] is None else state["base"]
+            if base.ndim != output.ndim:
+                raise RuntimeError("the shared pass's activation is a token grid, not the layer's output")
+            keep = state["keep"]
+            shape = (len(keep), 1, k) if base.ndim == 3 else (len(keep), k) + (1,) * (base.ndim - 2)
+            return base * keep.view(shape).to(base.dtype)
+
+        def run(i: int, keep: torch.Tensor, prefix: str) -> torch.Tensor:
+            """Target scores of copies of image ``i`` ablated by ``keep``, the layers before run as ``prefix`` says."""
+            state.update(keep=keep, calls=0, base=activation[i:i + 1] if prefix == "none" else None)
+            image = context.inputs[i:i + 1]
+            x = {"none": image[:0], "once": image}.get(prefix, image.expand(len(keep), -1, -1, -1))
+            output = run_channels_last(probe, x)
+            if len(output) != len(keep):
+                raise RuntimeError("the output's batch is not the copies'")
+            target = context.target[i:i + 1].expand(len(keep)) if isinstance(context.target, torch.Tensor) \
+                else context.target
+            return target_scores(output, target)
+
+        with Probe(self.model) as probe, torch.inference_mode():
+            probe.replace_output(context.layer, ablate)
+            self.prefix_runs_ = self._cheapest_prefix(run, clean, k, activation)
+            for i in tqdm(range(n), desc="Ablation-CAM", unit="image", disable=not self.progress, leave=False):
+                channels = live[i].nonzero().squeeze(1)
+                for chunk in channels.split(self.batch_size):
+                    keep = torch.ones(len(chunk), k, device=activation.device, dtype=activation.dtype)
+                    keep[torch.arange(len(chunk), device=chunk.device), chunk] = 0
+                    scores[i, chunk] = run(i, keep, self.prefix_runs_).to(scores.dtype)
+        return scores
+
+    @staticmethod
+    def _cheapest_prefix(run, clean: torch.Tensor, k: int, activation: torch.Tensor) -> str:
+        """The first of :data:`PREFIX_RUNS` with which two unablated copies of the first image give its score."""
+        keep = torch.ones(2, k, device=activation.device, dtype=activation.dtype)
+        tolerance = 1e-4 * float(clean.abs().max().clamp_min(1))
+        for prefix in PREFIX_RUNS[:-1]:
+            try:
+                scores = run(0, keep, prefix)
+            except (RuntimeError, ValueError, IndexError):
+                continue
+            if bool((scores - clean[0]).abs().max() <= tolerance):
+                return prefix
+        return PREFIX_RUNS[-1]
 
 
 class CAM(ClassActivationMap):

@@ -29,7 +29,8 @@ from deepscope.models.zoo import LoadedModel
 #: the report's settings for the costly methods, so that a report stays within minutes on a 2-core CPU;
 #: the gallery's legend and the trust table show them
 QUICK_METHOD_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
-                        "smoothgrad": {"n": 12}, "ig": {"steps": 16}}
+                        "smoothgrad": {"n": 12}, "vargrad": {"n": 12}, "ig": {"steps": 16},
+                        "gradientshap": {"n": 16}, "rise": {"n": 1000}}
 
 
 @dataclass(frozen=True)
