@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from deepscope.errors import LayerNotFoundError, did_you_mean
+from deepscope.errors import LayerNotFoundError, UnsupportedModelError, did_you_mean
 
 GradientRule = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,6 +44,21 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         return modules[name]
     hint = did_you_mean(name, [n for n in modules if n]) or " Run `deepscope layers MODEL` to list them."
     raise LayerNotFoundError(f"the model has no layer {name!r}.{hint}")
+
+
+def check_hookable(model: nn.Module) -> None:
+    """Refuse a TorchScript model, whose modules take no hooks: it can be run and differentiated, but no layer
+    of it can be read (layers, CAMs, neurons, features at a layer, guided backprop).
+
+    Raises
+    ------
+    UnsupportedModelError
+        For a ``torch.jit.ScriptModule``.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedModelError(
+            "this is a TorchScript model, and TorchScript models refuse the hooks deepscope needs to read a layer; "
+            "use a non-scripted model: a torchvision/timm name, or ARCH@weights.pth with a state_dict.")
 
 
 class Probe:
@@ -74,6 +89,8 @@ class Probe:
         self.train = train
         self.start_graph = start_graph
         self.activations: dict[str, torch.Tensor] = {}
+        if self.layers:
+            check_hookable(model)
         self._modules = {name: get_layer(model, name) for name in self.layers}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._saved_training: list[tuple[nn.Module, bool]] = []
@@ -148,6 +165,7 @@ class Probe:
         """
         if not self._active:
             raise RuntimeError("use the Probe inside a `with` block")
+        check_hookable(self.model)
 
         def hook(module, args, output):
             if isinstance(output, torch.Tensor) and output.requires_grad:
@@ -164,6 +182,7 @@ class Probe:
         """
         if not self._active:
             raise RuntimeError("use the Probe inside a `with` block")
+        check_hookable(self.model)
         for name in layers:
             def hook(module, args, key=f"{name}:input"):
                 if args and isinstance(args[0], torch.Tensor):
@@ -179,6 +198,7 @@ class Probe:
         """
         if not self._active:
             raise RuntimeError("use the Probe inside a `with` block")
+        check_hookable(self.model)
 
         def hook(module, args, output):
             return rule(output)

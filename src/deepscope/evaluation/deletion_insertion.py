@@ -132,7 +132,11 @@ def _curve(kind, model, inputs, maps, target, steps, baseline, batch_size, reduc
     if maps.ndim != 4 or maps.shape[0] != inputs.shape[0]:
         raise DeepscopeError(f"maps must be (N, C, H, W) with one map per input ({inputs.shape[0]}); "
                              f"got shape {tuple(maps.shape)}.")
+    if not bool(torch.isfinite(maps).all()):
+        raise DeepscopeError("maps contain NaN or infinite values, which have no order; check the method's output.")
     n, _, h, w = inputs.shape
+    if steps > h * w:
+        raise DeepscopeError(f"steps {steps}: at most one step per pixel ({h * w} for {h}x{w} inputs).")
     inputs = inputs.detach()
     start = make_baseline(inputs, baseline)
     # rank[i, p]: position of pixel p in image i's saliency order (0 = most salient)

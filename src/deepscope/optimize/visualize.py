@@ -7,6 +7,7 @@ parameters frozen, everything restored afterwards, also on error). Randomness co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,7 @@ def optimize_image(model: nn.Module, objective: Objective, preprocess: Preproces
 
     if steps < 1:
         raise DeepscopeError(f"steps must be at least 1, got {steps}.")
+    check_step_size(lr)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     optimizer = torch.optim.Adam(param.params, lr=lr)
     with Probe(model, objective.layers) as probe, torch.enable_grad():
@@ -124,8 +126,11 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str | Objective, pr
     """
     from tqdm.auto import tqdm
 
-    if octaves < 1 or octave_scale <= 1:
-        raise DeepscopeError(f"need octaves >= 1 and octave_scale > 1, got {octaves} and {octave_scale}.")
+    if octaves < 1 or not 1 < octave_scale < math.inf:
+        raise DeepscopeError(f"need octaves >= 1 and a finite octave_scale > 1, got {octaves} and {octave_scale}.")
+    if steps < 1 or jitter < 0:
+        raise DeepscopeError(f"need steps >= 1 and jitter >= 0, got {steps} and {jitter}.")
+    check_step_size(lr)
     objective = deepdream(layer) if isinstance(layer, str) else layer
     base = (image[None] if image.ndim == 3 else image).detach().to(model_device(model))
     pyramid = [base]
@@ -152,6 +157,12 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str | Objective, pr
                 bar.update(1)
             detail = x - octave
     return x
+
+
+def check_step_size(lr: float) -> None:
+    """Refuse a step size that is not a positive finite number (NaN would give a NaN image)."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise DeepscopeError(f"lr must be a positive finite number, got {lr!r}.")
 
 
 @torch.inference_mode()
