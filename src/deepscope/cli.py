@@ -21,7 +21,9 @@ import contextlib
 import ctypes
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -137,29 +139,61 @@ def one_line(text: str) -> str:
     return display_path(text.strip())
 
 
+class _Interrupts:
+    """Notes Ctrl-C (SIGINT) while a command runs: it still raises ``KeyboardInterrupt``, but an import or a library
+    that was cut off half-way may turn it into another exception; :func:`main` then reports the interrupt."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (2 for a user's mistake). Leaves the process as it was."""
     command = "deepscope"
-    try:
-        args = parse(build_parser(), argv)
-        if not getattr(args, "run", None):
-            raise UsageError(f"name a command: {', '.join(COMMANDS)} (see `deepscope --help`)", "deepscope")
-        command = f"deepscope {args.command}"
-        with denormals_flushed(), one_line_warnings(args.command):
-            return int(args.run(args) or 0)
-    except UsageError as error:
-        print(f"{error.prog}: error: {one_line(str(error))}", file=sys.stderr)
-        return 2
-    except DeepscopeError as error:
-        print(f"{command}: error: {one_line(str(error))}", file=sys.stderr)
-        return 2
-    except SystemExit as exit:  # --help and --version
-        return exit.code if isinstance(exit.code, int) else 0
-    except KeyboardInterrupt:
-        print(f"\n{command}: interrupted; no file was half-written.", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing more to say
-        return 0
+    with _Interrupts() as interrupts:
+        try:
+            args = parse(build_parser(), argv)
+            if not getattr(args, "run", None):
+                raise UsageError(f"name a command: {', '.join(COMMANDS)} (see `deepscope --help`)", "deepscope")
+            command = f"deepscope {args.command}"
+            with denormals_flushed(), one_line_warnings(args.command):
+                return int(args.run(args) or 0)
+        except UsageError as error:
+            print(f"{error.prog}: error: {one_line(str(error))}", file=sys.stderr)
+            return 2
+        except DeepscopeError as error:
+            print(f"{command}: error: {one_line(str(error))}", file=sys.stderr)
+            return 2
+        except SystemExit as exit:  # --help and --version
+            return exit.code if isinstance(exit.code, int) else 0
+        except KeyboardInterrupt:
+            return _interrupted(command)
+        except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing more to say
+            return 0
+        except Exception:
+            if interrupts.seen:  # cut off by Ctrl-C, whatever it became
+                return _interrupted(command)
+            raise
+
+
+def _interrupted(command: str) -> int:
+    print(f"\n{command}: interrupted; no result was written.", file=sys.stderr)
+    return 130
 
 
 def console_main() -> None:

@@ -84,7 +84,7 @@ def check_location(path: str | Path, option: str = "--out", *, folder: bool = Fa
         raise DeepscopeError(f"{option} {shown[:60]}...: the path is too long for this file system "
                              f"(at most {path_max} bytes); choose a shorter {option}.")
     for parent in [path, *path.parents] if folder else path.parents:
-        if parent.exists() and not parent.is_dir():
+        if _exists(parent) and not parent.is_dir():
             raise DeepscopeError(f"{option} {shown}: {display_path(parent)} is a file, not a folder; "
                                  f"choose another {option}.")
     if not folder and path.is_dir():
@@ -94,9 +94,16 @@ def check_location(path: str | Path, option: str = "--out", *, folder: bool = Fa
 
 def _nearest_existing(path: Path) -> Path:
     for candidate in [path, *path.parents]:
-        if candidate.exists():
+        if _exists(candidate):
             return candidate if candidate.is_dir() else candidate.parent
     return Path(".")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, a loop of links
+        return False
 
 
 def _pathconf(path: Path, name: str, default: int) -> int:

@@ -18,7 +18,7 @@ from torch import nn
 
 from deepscope.attribution.gradient import Gradient
 from deepscope.errors import UnsupportedModelError
-from deepscope.probe import Probe
+from deepscope.probe import Probe, check_hookable
 
 GUIDED_TYPES = (nn.ReLU, nn.ReLU6)
 UNGUIDABLE_TYPES = (nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.LeakyReLU, nn.ELU, nn.PReLU,
@@ -34,6 +34,7 @@ class GuidedBackprop(Gradient):
 
     def __init__(self, model: nn.Module, absolute: bool = False, neuron_layer: str | None = None):
         super().__init__(model, absolute=absolute, neuron_layer=neuron_layer)
+        check_hookable(model)
         guided, unguidable = [], []
         for name, module in model.named_modules():
             if isinstance(module, GUIDED_TYPES):

@@ -21,7 +21,7 @@ from deepscope.optimize.objectives import Objective, Seen, class_logit, deepdrea
 from deepscope.optimize.parameterizations import ImageParam, fourier_image, pixel_image
 from deepscope.optimize.regularizers import YosinskiRegularizer
 from deepscope.optimize.transforms import Transform, compose, resize, roll, standard_transforms
-from deepscope.probe import Probe, model_device
+from deepscope.probe import Probe, check_hookable, model_device
 
 Regularizer = Callable[[torch.Tensor, torch.Tensor | None, int], None]
 
@@ -132,6 +132,8 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str | Objective, pr
         raise DeepscopeError(f"need steps >= 1 and jitter >= 0, got {steps} and {jitter}.")
     check_step_size(lr)
     objective = deepdream(layer) if isinstance(layer, str) else layer
+    if objective.layers:
+        check_hookable(model)
     base = (image[None] if image.ndim == 3 else image).detach().to(model_device(model))
     pyramid = [base]
     for _ in range(octaves - 1):
