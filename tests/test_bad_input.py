@@ -217,6 +217,10 @@ def model_cases():
     yield case("layers {garbage_tflite}", "garbage.tflite")
     yield case("classify {garbage_tflite} {photos} --random-weights", "carries its own weights")
     yield case("classify {tiny5} {photos} --random-weights", "carries its own weights")
+    long = "x" * 300  # longer than a file name may be: stat() raises ENAMETOOLONG
+    for spec in (long, f"{long}.pt", f"{long}.tflite", f"resnet18@{long}.pth"):
+        yield case(f"layers {spec}", "xxx", id=f"layers (name too long{spec[300:]})")
+    yield case(f"classify {{tiny5}} {long}", "argument IMAGES", id="classify (IMAGES name too long)")
     yield case("classify resnet18@{state} {photos} --random-weights", "carries its own weights")
     yield case("layers resnet-18", "Did you mean")
     yield case("layers timm:no_such_model", "unknown timm model")

@@ -29,6 +29,17 @@ class OutputExistsError(DeepscopeError):
     """A result file is already there and overwriting was not asked for."""
 
 
+class WriteError(DeepscopeError, OSError):
+    """A file that could not be written (a full disk, no permission): the ``OSError``, explained in one line."""
+
+    def __init__(self, path: Path, error: OSError, option: str | None = None):
+        OSError.__init__(self, error.errno, error.strerror, error.filename)
+        self.message = _os_message(path, error, option)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 #: the :class:`Outputs` of the running command in this thread (see :func:`atomic_path`)
 _ACTIVE: contextvars.ContextVar["Outputs | None"] = contextvars.ContextVar("deepscope_outputs", default=None)
 #: how much of a file's name its temporary sibling keeps (the sibling's name must fit where the file's fits)
@@ -41,6 +52,14 @@ def display_path(path: str | Path) -> str:
     """A file name as it may be shown on a terminal: control and other unprintable characters (escape
     sequences, newlines, bidirectional overrides) written as ``\\x1b``, ``\\n``, ``\\u202e``."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(path))
+
+
+def is_existing_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file; a name the file system cannot hold (too long, a NUL) is none, not an error."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _exists_message(path: Path, option: str) -> str:
@@ -172,7 +191,7 @@ class Outputs:
             raise OutputExistsError(_exists_message(Path(error.filename or path), self.option)) from None
         except OSError as error:
             self._release()
-            raise DeepscopeError(_os_message(path, error, self.option)) from None
+            raise WriteError(path, error, self.option) from None
         except BaseException:
             self._release()
             raise
@@ -182,7 +201,10 @@ class Outputs:
     def _make_folders(self, folder: Path) -> None:
         missing = [p for p in [folder, *folder.parents] if not p.exists()]
         for path in reversed(missing):
-            path.mkdir()
+            try:
+                path.mkdir()
+            except FileExistsError:  # another run made it meanwhile: it is not ours to remove
+                continue
             self._made_folders.append(path)
 
     def stage(self, path: Path, tmp: Path) -> None:
@@ -238,7 +260,7 @@ def atomic_path(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=f".{path.name[:_TEMP_NAME]}.", suffix=".part" + path.suffix[:10],
                                     dir=path.parent)
     except OSError as error:
-        raise DeepscopeError(_os_message(path, error)) from None
+        raise WriteError(path, error) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -251,8 +273,10 @@ def atomic_path(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
             os.replace(tmp, path)
         else:
             _link_new(tmp, path)
+    except WriteError:
+        raise
     except OSError as error:
-        raise DeepscopeError(_os_message(path, error)) from None
+        raise WriteError(path, error) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

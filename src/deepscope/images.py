@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from deepscope.errors import AmbiguousClassError, DeepscopeError, DeepscopeWarning, ImageError
-from deepscope.fileio import display_path
+from deepscope.fileio import display_path, is_existing_file
 from deepscope.models.classes import ClassList
 from deepscope.models.preprocess import Preprocess
 
@@ -45,7 +45,7 @@ def load_image(path: str | Path) -> Image.Image:
         For missing, empty, corrupt, truncated, tiny (< 16 px) or huge (> 120 megapixel) files.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_existing_file(path):
         raise ImageError(f"{path}: no such file.")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty.")
@@ -166,7 +166,11 @@ def scan_images(root: str | Path, classes: ClassList | None = None) -> ImageSet:
     model's class indices through ``classes``. Files whose suffix is not an image's are skipped with a reason.
     """
     root = Path(root)
-    if not root.exists():
+    try:
+        found = root.exists()
+    except OSError:  # a name the file system cannot hold
+        found = False
+    if not found:
         raise ImageError(f"{root}: no such file or folder.")
     if root.is_file():
         return ImageSet(root.parent, [root], [None], [None])

@@ -135,7 +135,11 @@ def existing_path(text: str) -> str:
     """A file or folder that exists (image inputs)."""
     if not text or "\0" in text:
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid path")
-    if not Path(text).exists():
+    try:
+        found = Path(text).exists()
+    except OSError as error:  # a name too long for the file system, a folder that cannot be read
+        raise argparse.ArgumentTypeError(f"{display_path(text)}: {error.strerror or error}") from None
+    if not found:
         raise argparse.ArgumentTypeError(f"{display_path(text)}: no such file or folder")
     return text
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from deepscope.errors import ModelSpecError, did_you_mean
-from deepscope.fileio import display_path
+from deepscope.fileio import display_path, is_existing_file
 from deepscope.models.classes import ClassList, imagenet_classes
 from deepscope.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -104,7 +104,7 @@ def _load(spec: str, pretrained: bool, num_classes: int | None) -> LoadedModel:
     if spec in ("default", DEFAULT_MODEL):
         return _efficientnet_lite0(pretrained)
     path = Path(spec)
-    is_file = path.is_file()  # a file that exists wins over every other reading of the spec (ARCH@WEIGHTS)
+    is_file = is_existing_file(path)  # a file that exists wins over every other reading of the spec (ARCH@WEIGHTS)
     if is_file or "@" in spec or path.suffix.lower() in (".tflite", *TORCHSCRIPT_SUFFIXES):
         if not pretrained:
             raise ModelSpecError(f"{display_path(spec)}: a model file carries its own weights, so --random-weights "
@@ -196,7 +196,7 @@ def _timm_model(name: str, pretrained: bool, num_classes: int | None) -> LoadedM
 
 
 def _tflite_model(path: Path) -> LoadedModel:
-    if not path.is_file():
+    if not is_existing_file(path):
         raise ModelSpecError(f"{display_path(path)}: no such TFLite file.")
     from deepscope.models.tflite import load_tflite
 
@@ -206,12 +206,13 @@ def _tflite_model(path: Path) -> LoadedModel:
         raise ModelSpecError(str(error)) from None
     size = imported.input_size
     preprocess = Preprocess(size, round(size / 0.875), imported.mean, imported.std)
-    return LoadedModel(imported.model.eval(), preprocess, imagenet_classes(), imported.name, f"TFLite import of {path}")
+    return LoadedModel(imported.model.eval(), preprocess, imagenet_classes(), display_path(imported.name),
+                       f"TFLite import of {display_path(path)}")
 
 
 def _torchscript_model(path: Path) -> LoadedModel:
     shown = display_path(path)
-    if not path.is_file():
+    if not is_existing_file(path):
         raise ModelSpecError(f"{shown}: no such file. For a state_dict use ARCH@{shown}.")
     try:
         with warnings.catch_warnings():
@@ -224,7 +225,7 @@ def _torchscript_model(path: Path) -> LoadedModel:
     preprocess = Preprocess()
     outputs = _output_size(model, preprocess, shown)
     classes = imagenet_classes() if outputs == len(imagenet_classes()) else ClassList.generic(outputs)
-    return LoadedModel(model, preprocess, classes, path.stem, f"TorchScript {path}")
+    return LoadedModel(model, preprocess, classes, display_path(path.stem), f"TorchScript {shown}")
 
 
 def _output_size(model: nn.Module, preprocess: Preprocess, shown: str) -> int:
@@ -246,7 +247,7 @@ def _output_size(model: nn.Module, preprocess: Preprocess, shown: str) -> int:
 def _read_checkpoint(path: Path) -> dict:
     """The state_dict in a ``torch.save`` file, read without unpickling any Python object."""
     shown = display_path(path)
-    if not path.is_file():
+    if not is_existing_file(path):
         raise ModelSpecError(f"{shown}: no such checkpoint file.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -284,7 +285,7 @@ def _state_dict_model(arch: str, path: Path) -> LoadedModel:
         raise ModelSpecError(f"{display_path(path)}: these weights do not fit {arch!r}: {mismatch}. "
                              "Check the architecture name.")
     loaded.model.load_state_dict(checkpoint)
-    loaded.source = f"{arch} with weights from {path}"
+    loaded.source = f"{arch} with weights from {display_path(path)}"
     return loaded
 
 
