@@ -35,6 +35,10 @@ class TargetError(DeepscopeError):
     """A target class that does not fit the model's output or the batch."""
 
 
+class AmbiguousClassError(TargetError):
+    """A class name that several classes answer to (ImageNet's two ``crane`` classes)."""
+
+
 class DeepscopeWarning(UserWarning):
     """Something a user should know that did not stop the work (the CLI prints it on one line)."""
 

@@ -51,7 +51,7 @@ from deepscope.fileio import atomic_path
 from deepscope.images import ImageSet, Skip, iter_batches
 from deepscope.models.preprocess import Preprocess
 from deepscope.models.zoo import LoadedModel
-from deepscope.probe import Probe, get_layer, model_device
+from deepscope.probe import Probe, check_hookable, get_layer, model_device
 
 FORMAT_VERSION = 1
 METRICS = {"cosine": "cosine", "l2": "euclidean"}
@@ -178,6 +178,7 @@ def default_feature_layer(model: nn.Module) -> str:
     UnsupportedModelError
         If the model has no ``nn.Linear``; then name a layer.
     """
+    check_hookable(model)
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name]
     if not linears:
         raise UnsupportedModelError("the model has no nn.Linear classifier to take features from; "
@@ -245,6 +246,10 @@ def pixel_bank(images: ImageSet, preprocess: Preprocess, *, size: int | None = N
 
     Values are rounded to float16 (as they are cached), which is far below one grey level.
     """
+    if size is not None and not 1 <= size <= preprocess.input_size:
+        raise DeepscopeError(f"pixel size {size}: shrink to between 1 and the model input's side "
+                             f"({preprocess.input_size}), or keep the input size (None).")
+
     def transform(image):
         pixels = preprocess(image)
         return pixels if size is None else F.interpolate(pixels[None], size=(size, size), mode="area")[0]

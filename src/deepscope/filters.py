@@ -94,6 +94,10 @@ def first_conv(model: nn.Module) -> str:
 def resolve_conv(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Conv2d]:
     """The convolution called ``layer`` (default: the first one); a block holding convolutions stands for
     its first one (``features.0`` of torchvision's MobileNet-V2 is ``features.0.0``)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedModelError("this is a TorchScript model: its layers are compiled, not nn.Conv2d modules, so "
+                                    "their filters cannot be found; use a non-scripted model (a torchvision/timm "
+                                    "name, or ARCH@weights.pth with a state_dict).")
     name = first_conv(model) if layer is None else layer
     module = get_layer(model, name)
     if isinstance(module, nn.Conv2d):
@@ -155,6 +159,9 @@ def filter_view(model: nn.Module, layer: str | None = None, *, normalize: str = 
     """
     if normalize not in NORMALIZATIONS:
         raise DeepscopeError(f"normalize={normalize!r}: use one of {', '.join(NORMALIZATIONS)}.")
+    for what, value in (("max_outputs", max_outputs), ("max_inputs", max_inputs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DeepscopeError(f"{what} must be a positive integer or None, got {value!r}.")
     name, conv = resolve_conv(model, layer)
     kind = view_kind(conv)
     weight = conv.weight.detach().float()

@@ -23,8 +23,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from deepscope.errors import DeepscopeError, ImageError
-from deepscope.fileio import display_path
+from deepscope.errors import AmbiguousClassError, DeepscopeError, DeepscopeWarning, ImageError
+from deepscope.fileio import display_path, is_existing_file
 from deepscope.models.classes import ClassList
 from deepscope.models.preprocess import Preprocess
 
@@ -45,7 +45,7 @@ def load_image(path: str | Path) -> Image.Image:
         For missing, empty, corrupt, truncated, tiny (< 16 px) or huge (> 120 megapixel) files.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_existing_file(path):
         raise ImageError(f"{path}: no such file.")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty.")
@@ -166,7 +166,11 @@ def scan_images(root: str | Path, classes: ClassList | None = None) -> ImageSet:
     model's class indices through ``classes``. Files whose suffix is not an image's are skipped with a reason.
     """
     root = Path(root)
-    if not root.exists():
+    try:
+        found = root.exists()
+    except OSError:  # a name the file system cannot hold
+        found = False
+    if not found:
         raise ImageError(f"{root}: no such file or folder.")
     if root.is_file():
         return ImageSet(root.parent, [root], [None], [None])
@@ -182,15 +186,20 @@ def scan_images(root: str | Path, classes: ClassList | None = None) -> ImageSet:
         folders.append(relative.parts[0] if len(relative.parts) > 1 else None)
     if not paths:
         raise ImageError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
-    labels = [_folder_label(folder, classes) for folder in folders]
-    return ImageSet(root, paths, folders, labels, skipped)
+    known = {folder: _folder_label(folder, classes) for folder in dict.fromkeys(folders)}
+    return ImageSet(root, paths, folders, [known[folder] for folder in folders], skipped)
 
 
 def _folder_label(folder: str | None, classes: ClassList | None) -> int | None:
+    """The class a folder is named after; None for other names (a warning when the name fits several classes)."""
     if folder is None or classes is None:
         return None
     try:
         return classes.index(folder)
+    except AmbiguousClassError as error:
+        warnings.warn(f"the images in folder {display_path(folder)!r} have no label: {error} "
+                      "Rename the folder to the class's WordNet id.", DeepscopeWarning, stacklevel=3)
+        return None
     except DeepscopeError:
         return None
 
@@ -319,6 +328,24 @@ class Photos:
             self._crops[path] = self.preprocess.crop_bytes(image)
         for size in sizes:
             self._thumbnails[path, size] = thumbnail(image, size)
+
+    def readable(self, paths: Sequence[str | Path]) -> list[int]:
+        """Positions in ``paths`` of the files that can be read (each decoded now, once); the others are
+        listed in :attr:`skipped`."""
+        kept = []
+        for i, path in enumerate(Path(p) for p in paths):
+            if path not in self._crops and (path, self.thumbnail_sizes[0]) not in self._thumbnails:
+                try:
+                    self._decode(path, self.thumbnail_sizes)
+                except ImageError:
+                    continue
+            kept.append(i)
+        return kept
+
+    @property
+    def skipped(self) -> list[Skip]:
+        """The files that could not be read so far, and why."""
+        return [(path, str(error).split(": ", 1)[-1]) for path, error in self._errors.items()]
 
     def crops(self, paths: Sequence[str | Path]) -> torch.Tensor:
         """The ``(N, 3, S, S)`` [0, 1] crops the model sees (``preprocess.crop``) of ``paths``.

@@ -30,7 +30,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
-from deepscope.errors import LayerNotFoundError, did_you_mean
+from deepscope.errors import LayerNotFoundError, UnsupportedModelError, did_you_mean
 
 GradientRule = Callable[[torch.Tensor], torch.Tensor]
 #: ``backward(saved_inputs, grad_output) -> one gradient (or None) per saved input``.
@@ -61,6 +61,21 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     raise LayerNotFoundError(f"the model has no layer {name!r}.{hint}")
 
 
+def check_hookable(model: nn.Module) -> None:
+    """Refuse a TorchScript model, whose modules take no hooks: it can be run and differentiated, but no layer
+    of it can be read (layers, CAMs, neurons, features at a layer, guided backprop).
+
+    Raises
+    ------
+    UnsupportedModelError
+        For a ``torch.jit.ScriptModule``.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedModelError(
+            "this is a TorchScript model, and TorchScript models refuse the hooks deepscope needs to read a layer; "
+            "use a non-scripted model: a torchvision/timm name, or ARCH@weights.pth with a state_dict.")
+
+
 class Probe:
     """Capture activations (and let gradients reach them) for named layers during forward passes.
 
@@ -89,6 +104,8 @@ class Probe:
         self.train = train
         self.start_graph = start_graph
         self.activations: dict[str, torch.Tensor] = {}
+        if self.layers:
+            check_hookable(model)
         self._modules = {name: get_layer(model, name) for name in self.layers}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._pending: dict[nn.Module, list[torch.Tensor | None]] = {}
@@ -170,6 +187,7 @@ class Probe:
         """
         if not self._active:
             raise RuntimeError("use the Probe inside a `with` block")
+        check_hookable(self.model)
 
         def hook(module, args, output):
             if isinstance(output, torch.Tensor) and output.requires_grad:
@@ -188,6 +206,7 @@ class Probe:
         """
         if not self._active:
             raise RuntimeError("use the Probe inside a `with` block")
+        check_hookable(self.model)
         for name in layers:
             def hook(module, args, key=f"{name}:input"):
                 if not args or not isinstance(args[0], torch.Tensor):
@@ -208,6 +227,7 @@ class Probe:
         """
         if not self._active:
             raise RuntimeError("use the Probe inside a `with` block")
+        check_hookable(self.model)
 
         def hook(module, args, output):
             return rule(output)

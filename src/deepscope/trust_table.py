@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from deepscope.catalogue import build_method, get_method
-from deepscope.errors import DeepscopeError, UnsupportedModelError
+from deepscope.errors import DeepscopeError, ImageError, UnsupportedModelError
+from deepscope.fileio import display_path
 from deepscope.evaluation.deletion_insertion import PerturbationCurve, deletion_curve, insertion_curve
 from deepscope.evaluation.pointing_game import PointingResult, grid_pointing_game
 from deepscope.evaluation.randomization import RandomizationResult, cascading_randomization
@@ -87,6 +88,22 @@ def select_images(images: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
     return images.subset(draw_per_group(list(enumerate(images.folders)), per_class, seed))
 
 
+def readable_selection(images: ImageSet, per_class: int, seed: int, photos: Photos) -> ImageSet:
+    """:func:`select_images`, without the files that cannot be read (``photos.skipped`` names them).
+
+    Raises
+    ------
+    ImageError
+        When none of the chosen files can be read.
+    """
+    chosen = select_images(images, per_class, seed)
+    kept = photos.readable(chosen.paths)
+    if not kept:
+        first = ", ".join(f"{display_path(p.name)} ({reason})" for p, reason in photos.skipped[:2])
+        raise ImageError(f"none of the {len(chosen)} chosen image(s) can be read: {first}.")
+    return chosen.subset(kept)
+
+
 def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[str], *, images_per_class: int = 2,
                      mosaics: int = 20, steps: int = 50, cascade_steps: int = 1, cascade_depth: int | None = 2,
                      randomization_images: int = 8, layer: str | None = None, batch_size: int = 32, seed: int = 0,
@@ -104,7 +121,8 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
         Names in :data:`deepscope.catalogue.METHODS`.
     images_per_class : int
         Photos drawn (seeded) from each class for every metric; the pointing game draws its mosaics
-        from those the model classifies correctly.
+        from those the model classifies correctly. Files that cannot be read are left out
+        (``photos.skipped`` names them).
     mosaics, steps : int
         Pointing-game mosaics; deletion/insertion steps.
     cascade_steps, cascade_depth : int
@@ -127,11 +145,11 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
     entries = {name: get_method(name) for name in methods}
     for name, options in extra.items():
         get_method(name).check_options(options)  # a misspelt option fails before any work
-    chosen = select_images(images, images_per_class, seed)
     device = model_device(loaded.model)
     photos = photos or Photos(loaded.preprocess)
     if photos.preprocess != loaded.preprocess:
         raise DeepscopeError("photos: crop the photos with the model's preprocessing (Photos(loaded.preprocess)).")
+    chosen = readable_selection(images, images_per_class, seed, photos)
     inputs = loaded.preprocess.normalize(photos.crops(chosen.paths)).to(device)
     labelled = [i for i, label in enumerate(chosen.labels) if label is not None]
     results = []

@@ -38,7 +38,7 @@ from deepscope.attribution.base import Attribution, check_inputs
 from deepscope.attribution.guided import GuidedBackprop
 from deepscope.errors import DeepscopeError, LayerNotFoundError, TargetError, UnsupportedModelError
 from deepscope.maps import Display, normalize, upsample
-from deepscope.probe import Probe, layer_names
+from deepscope.probe import Probe, check_hookable, get_layer, layer_names
 from deepscope.targets import Target, repeat_target, resolve_target, target_scores
 
 #: modules whose output is never the default CAM layer (the pooling head and pooling inside it)
@@ -163,13 +163,17 @@ class ClassActivationMap(Attribution):
 
     def __init__(self, model: nn.Module, layer: Layers = None, relu: bool = True):
         super().__init__(model)
+        check_hookable(model)
         self.layer = layer
+        if layer is not None:
+            for name in self.layers_for(None):  # a misspelt layer fails here, before any work
+                get_layer(model, name)
         self.relu = relu
         self.display = Display(signed=not relu)
         self._found_layer: str | None = None
 
     # -- public ----------------------------------------------------------------------------------------
-    def layers_for(self, inputs: torch.Tensor) -> list[str]:
+    def layers_for(self, inputs: torch.Tensor | None) -> list[str]:
         """The layer names used for ``inputs`` (the default layer is found once, then remembered)."""
         if self.layer is None:
             if self._found_layer is None:
@@ -529,7 +533,7 @@ class ScoreCAM(ClassActivationMap):
     uses_gradients = False
 
     def __init__(self, model: nn.Module, layer: Layers = None, batch_size: int | None = None,
-                 max_channels: int | None = None, relu: bool = True, progress: bool = True):
+                 max_channels: int | None = None, relu: bool = True, progress: bool = False):
         super().__init__(model, layer=layer, relu=relu)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise DeepscopeError(f"batch_size must be a positive integer, got {batch_size!r}.")

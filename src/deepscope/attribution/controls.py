@@ -6,10 +6,13 @@ return (N, 1, H, W) maps on the input's device and never run the model.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from deepscope.attribution.base import Attribution
+from deepscope.errors import DeepscopeError
 from deepscope.targets import Target
 
 
@@ -46,7 +49,9 @@ class CenterMap(Attribution):
 
     def __init__(self, model: nn.Module, sigma: float = 0.25):
         super().__init__(model)
-        self.sigma = sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < math.inf:
+            raise DeepscopeError(f"sigma must be a positive finite number (a fraction of the side), got {sigma!r}.")
+        self.sigma = float(sigma)
 
     def _attribute(self, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         n, _, h, w = inputs.shape

@@ -14,7 +14,7 @@ from torch import nn
 
 from deepscope.attribution.base import Attribution
 from deepscope.maps import reduce_channels
-from deepscope.probe import Probe, fast_layout, input_gradient
+from deepscope.probe import Probe, check_hookable, fast_layout, input_gradient
 from deepscope.targets import Target, layer_scores, resolve_target, target_scores
 
 
@@ -23,6 +23,8 @@ class Gradient(Attribution):
 
     def __init__(self, model: nn.Module, absolute: bool = True, neuron_layer: str | None = None):
         super().__init__(model)
+        if neuron_layer is not None:
+            check_hookable(model)
         self.absolute = absolute
         self.neuron_layer = neuron_layer
         self.per_channel = not absolute

@@ -19,7 +19,7 @@ from torch import nn
 from deepscope.attribution.gradient import Gradient
 from deepscope.errors import UnsupportedModelError
 from deepscope.geometry import activation_types
-from deepscope.probe import Probe
+from deepscope.probe import Probe, check_hookable
 
 #: activations guided and refused, from the table of element-wise modules (each with its reason there)
 GUIDED_TYPES = activation_types("guided")
@@ -35,6 +35,7 @@ class GuidedBackprop(Gradient):
 
     def __init__(self, model: nn.Module, absolute: bool = False, neuron_layer: str | None = None):
         super().__init__(model, absolute=absolute, neuron_layer=neuron_layer)
+        check_hookable(model)
         guided, unguidable = [], []
         for name, module in model.named_modules():
             if isinstance(module, GUIDED_TYPES):

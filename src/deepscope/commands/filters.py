@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from deepscope.commands.common import add_model_argument, model_from_args, positive_int
-from deepscope.fileio import check_writable
+from deepscope.commands.common import (add_model_argument, add_out_option, check_out_folder, model_from_args,
+                                       positive_int, safe_name, wrote)
+from deepscope.fileio import Outputs
 from deepscope.filters import NORMALIZATIONS, filter_view
 
 
@@ -21,8 +20,7 @@ def register(subparsers) -> None:
                         help="scale each filter to [0,1] on its own, or all filters together (default per-filter)")
     parser.add_argument("--max-filters", type=positive_int, default=None, help="output channels shown at most")
     parser.add_argument("--max-inputs", type=positive_int, default=None, help="input channels shown at most")
-    parser.add_argument("--out", default="out/filters", help="output folder (default: out/filters)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing figure")
+    add_out_option(parser, "out/filters")
     parser.set_defaults(run=run)
 
 
@@ -30,11 +28,13 @@ def run(args) -> int:
     from deepscope.render.common import save_figure
     from deepscope.render.filters import filter_grid_figure
 
+    out = check_out_folder(args)
     loaded = model_from_args(args)
     view = filter_view(loaded.model, args.layer, normalize=args.normalize, max_outputs=args.max_filters,
                        max_inputs=args.max_inputs)
-    path = check_writable(Path(args.out) / f"filters-{loaded.name}-{view.layer}.png", args.force)
-    save_figure(filter_grid_figure(view, title=f"{loaded.name}: {view.description}"), path)
+    path = out / f"filters-{safe_name(loaded.name, keep='-_.')}-{safe_name(view.layer, 80, keep='-_.')}.png"
+    with Outputs([path], overwrite=args.force) as outputs:
+        save_figure(filter_grid_figure(view, title=f"{loaded.name}: {view.description}"), path)
     print(view.description)
-    print(f"wrote {path}")
+    wrote(outputs.written)
     return 0

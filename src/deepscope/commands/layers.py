@@ -1,20 +1,22 @@
 """``deepscope layers MODEL``: every layer's dotted name, type and output shape."""
 
-import torch
-
-from deepscope.commands.common import add_model_argument, model_from_args
-from deepscope.probe import Probe, layer_names, model_device
+from deepscope.commands.common import add_model_argument, model_from_args, positive_int
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("layers", help="list a model's layers with their output shapes",
                                    description="List the dotted layer names to pass to --layer.")
     add_model_argument(parser)
-    parser.add_argument("--depth", type=int, default=None, help="only names with at most this many dots + 1 parts")
+    parser.add_argument("--depth", type=positive_int, default=None,
+                        help="only names with at most this many dotted parts")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    import torch
+
+    from deepscope.probe import Probe, layer_names, model_device
+
     loaded = model_from_args(args)
     names = [n for n in layer_names(loaded.model) if args.depth is None or n.count(".") < args.depth]
     size = loaded.preprocess.input_size

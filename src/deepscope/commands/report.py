@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from deepscope.commands.common import (add_method_options, add_run_options, images_from_args, model_from_args,
-                                       positive_int, report_skipped)
+from deepscope.commands.common import (add_method_options, add_model_options, add_run_options, check_out_folder,
+                                       images_from_args, images_path, model_from_args, positive_int, report_skipped,
+                                       seed, wrote)
+from deepscope.errors import DeepscopeError
+
+
+def sections(text: str) -> list[str]:
+    """``--sections``: comma-separated section names, or all."""
+    from deepscope.report.build import parse_sections
+
+    try:
+        return parse_sections(text)
+    except DeepscopeError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--sections: ")) from None
 
 
 def register(subparsers) -> None:
@@ -17,15 +30,14 @@ def register(subparsers) -> None:
                     "HTML page (OUT/report.html) that opens from a file:// URL without network access.")
     parser.add_argument("--model", default="default", metavar="SPEC",
                         help="model spec (see `deepscope models`; default: the built-in offline model)")
-    parser.add_argument("--random-weights", action="store_true", help="build the architecture with random weights")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--images", default=None, metavar="DIR",
+    add_model_options(parser)
+    parser.add_argument("--images", default=None, type=images_path, metavar="DIR",
                         help="an image file, a flat folder, or one sub-folder per class (default: the photos of "
                         "the --store's jobs, else the built-in photos)")
     parser.add_argument("--store", default=None, metavar="DIR",
                         help="a results store: the jobs of `deepscope classify/features/neurons/explain/evaluate "
                         "--store DIR` for this model and these photos replace the sections' own computations")
-    parser.add_argument("--sections", default="all", metavar="LIST",
+    parser.add_argument("--sections", type=sections, default=list(SECTIONS), metavar="LIST",
                         help=f"comma-separated sections, from: {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--per-class", type=positive_int, default=2, metavar="N",
                         help="sample images per class in the galleries (default 2)")
@@ -33,7 +45,7 @@ def register(subparsers) -> None:
                         help="at most this many sample images in all (default 40)")
     parser.add_argument("--steps", type=positive_int, default=None, metavar="N",
                         help="steps of iterative methods (default: each method's own)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument("--cache", default=None, metavar="DIR",
                         help="cache of expensive results (default: $DEEPSCOPE_CACHE, else ~/.cache/deepscope)")
     parser.add_argument("--no-cache", action="store_true", help="compute everything, store nothing")
@@ -43,31 +55,32 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from deepscope.report import Cache, ReportContext, ReportSettings, parse_sections, write_report
-    from deepscope.fileio import check_writable
+    from deepscope.catalogue import parse_method_options
+    from deepscope.fileio import Outputs
+    from deepscope.report import Cache, ReportContext, ReportSettings, write_report
     from deepscope.report.build import report_path
 
-    from deepscope.catalogue import parse_method_options
-    from deepscope.jobs import open_store
-
-    sections = parse_sections(args.sections)
     options = parse_method_options(args.option)
-    check_writable(report_path(args.out), args.force)  # fail before the long work
+    check_out_folder(args)
     settings = ReportSettings(per_class=args.per_class, max_images=args.max_images, steps=args.steps,
                               seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
                               method_options=options)
-    cache = Cache.open(False if args.no_cache else args.cache)
-    loaded = model_from_args(args)
-    store = open_store(args.store) if args.store else None
-    if args.images is None and store is not None:
-        images = store_images(store, loaded)
-    else:
-        args.images = args.images or "builtin"
-        images = images_from_args(args, loaded)
-    log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
-    ctx = ReportContext(loaded, images, settings, cache, store=store)
-    path = write_report(ctx, args.out, sections, overwrite=args.force, log=log)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {ctx.timer.total:.0f} s)")
+    store = None
+    if args.store:
+        from deepscope.jobs import open_store
+
+        store = open_store(args.store)
+    with Outputs([report_path(args.out)], overwrite=args.force) as outputs:  # claimed before the long work
+        cache = Cache.open(False if args.no_cache else args.cache)
+        loaded = model_from_args(args)
+        if args.images is None and store is not None:
+            images = store_images(store, loaded)
+        else:
+            images = images_from_args(args, loaded)
+        log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+        ctx = ReportContext(loaded, images, settings, cache, store=store)
+        path = write_report(ctx, args.out, args.sections, overwrite=args.force, log=log)
+    wrote(outputs.written, f" ({path.stat().st_size / 1e6:.1f} MB, {ctx.timer.total:.0f} s)")
     report_skipped(ctx.skipped)
     return 0
 

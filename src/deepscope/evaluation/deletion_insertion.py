@@ -73,6 +73,8 @@ def _curve(kind, model, inputs, maps, target, steps, baseline, batch_size, reduc
     if reduction is None:
         raise DeepscopeError("deletion and insertion rank pixels: give a channel reduction (e.g. 'abs-max').")
     n, _, h, w = inputs.shape
+    if steps > h * w:
+        raise DeepscopeError(f"steps {steps}: at most one step per pixel ({h * w} for {h}x{w} inputs).")
     inputs = inputs.detach()
     start = make_baseline(inputs, baseline)
     rank = ranks_of(relevance(maps, inputs, reduction))  # (N, 1, H, W): 0 = most salient pixel

@@ -115,6 +115,8 @@ def check_maps(inputs: torch.Tensor, maps: torch.Tensor) -> None:
     if not isinstance(maps, torch.Tensor) or maps.ndim != 4 or maps.shape[0] != inputs.shape[0]:
         shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
         raise DeepscopeError(f"maps must be (N, C, H, W) with one map per input ({inputs.shape[0]}); got {shape}.")
+    if not bool(torch.isfinite(maps).all()):
+        raise DeepscopeError("maps contain NaN or infinite values, which have no order; check the method's output.")
 
 
 def check_positive(**values: int) -> None:

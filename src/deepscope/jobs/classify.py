@@ -1,7 +1,8 @@
 """The ``classify`` job: the top-k classes of every photo, by :func:`deepscope.classify.classify` per shard.
 
 Table ``predictions``: ``index`` (the file's position in ``files``), ``classes`` (k class indices, best
-first) and ``probabilities`` (their softmax probabilities), both fixed-size lists.
+first) and ``probabilities`` (their softmax probabilities), both fixed-size lists, and ``label_rank`` (how many
+other classes score at least as high as the photo's label, from the full output; null without a label).
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ class ClassifyJob(Job):
         k = self.topk
         columns = [readable_indices(images, task, result.paths),
                    pa.FixedSizeListArray.from_arrays(pa.array(result.topk_indices.flatten().numpy().astype("int32")), k),
-                   pa.FixedSizeListArray.from_arrays(pa.array(result.topk_probs.flatten().numpy().astype("float32")), k)]
+                   pa.FixedSizeListArray.from_arrays(pa.array(result.topk_probs.flatten().numpy().astype("float32")), k),
+                   pa.array(result.label_ranks or [None] * len(result.paths), pa.int32())]
         return ShardOutput(tables={"predictions": pa.table(columns, schema=predictions_schema(k))},
                            skipped=result.skipped)
 
 
 def predictions_schema(k: int) -> pa.Schema:
     return pa.schema([("index", pa.int64()), ("classes", pa.list_(pa.int32(), k)),
-                      ("probabilities", pa.list_(pa.float32(), k))])
+                      ("probabilities", pa.list_(pa.float32(), k)), ("label_rank", pa.int32())])
 
 
 def stored_classification(job: StoredJob) -> Classification:
@@ -60,4 +62,5 @@ def stored_classification(job: StoredJob) -> Classification:
     classes = table.column("classes").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
     probs = table.column("probabilities").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
     return Classification([Path(files["path"][r]) for r in rows], [files["label"][r] for r in rows],
-                          torch.from_numpy(classes.astype("int64")), torch.from_numpy(probs.copy()), job.skipped_files())
+                          torch.from_numpy(classes.astype("int64")), torch.from_numpy(probs.copy()), job.skipped_files(),
+                          table.column("label_rank").to_pylist())

@@ -15,8 +15,10 @@ Model specs understood by :func:`load_model`:
                                    loaded with ``torch.load(..., weights_only=True)``.
 =================================  ===========================================================
 
-``pretrained=False`` builds the architecture with random weights (no download), which is what the
-tests use. Random weights are drawn from torch's generator seeded with ``seed`` inside
+A spec that names an existing file is that file, even when it contains an ``@``.
+
+``pretrained=False`` builds a named architecture with random weights (no download), which is what the
+tests use; a model file carries its own weights, so ``pretrained=False`` is refused for one. Random weights are drawn from torch's generator seeded with ``seed`` inside
 ``torch.random.fork_rng``: the same spec and seed give the same model, and the caller's global random
 state is as it was.
 """
@@ -24,6 +26,9 @@ state is as it was.
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,7 @@ import torch
 from torch import nn
 
 from deepscope.errors import ModelSpecError, did_you_mean
+from deepscope.fileio import display_path, is_existing_file
 from deepscope.models.classes import ClassList, imagenet_classes
 from deepscope.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -42,6 +48,8 @@ TORCHVISION_MODELS = (
     "shufflenet_v2_x1_0", "regnet_y_400mf", "vit_b_16", "swin_t",
 )
 DEFAULT_MODEL = "efficientnet_lite0"
+#: suffixes that make a spec a TorchScript file
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".pth", ".jit")
 
 
 @dataclass
@@ -95,13 +103,18 @@ def _load(spec: str, pretrained: bool, num_classes: int | None) -> LoadedModel:
     spec = spec.strip()
     if spec in ("default", DEFAULT_MODEL):
         return _efficientnet_lite0(pretrained)
-    if "@" in spec:
-        arch, _, weights = spec.partition("@")
-        return _state_dict_model(arch, Path(weights))
     path = Path(spec)
-    if path.suffix.lower() == ".tflite":
-        return _tflite_model(path)
-    if path.suffix.lower() in (".pt", ".ts", ".pth", ".jit") or path.exists():
+    is_file = is_existing_file(path)  # a file that exists wins over every other reading of the spec (ARCH@WEIGHTS)
+    if is_file or "@" in spec or path.suffix.lower() in (".tflite", *TORCHSCRIPT_SUFFIXES):
+        if not pretrained:
+            raise ModelSpecError(f"{display_path(spec)}: a model file carries its own weights, so --random-weights "
+                                 "(pretrained=False) does not apply; leave it out, or name an architecture "
+                                 "(e.g. resnet18) for random weights.")
+        if not is_file and "@" in spec:
+            arch, _, weights = spec.partition("@")
+            return _state_dict_model(arch, Path(weights))
+        if path.suffix.lower() == ".tflite":
+            return _tflite_model(path)
         return _torchscript_model(path)
     if spec.startswith("timm:"):
         return _timm_model(spec[5:], pretrained, num_classes)
@@ -183,8 +196,8 @@ def _timm_model(name: str, pretrained: bool, num_classes: int | None) -> LoadedM
 
 
 def _tflite_model(path: Path) -> LoadedModel:
-    if not path.is_file():
-        raise ModelSpecError(f"{path}: no such TFLite file.")
+    if not is_existing_file(path):
+        raise ModelSpecError(f"{display_path(path)}: no such TFLite file.")
     from deepscope.models.tflite import load_tflite
 
     try:
@@ -193,39 +206,104 @@ def _tflite_model(path: Path) -> LoadedModel:
         raise ModelSpecError(str(error)) from None
     size = imported.input_size
     preprocess = Preprocess(size, round(size / 0.875), imported.mean, imported.std)
-    return LoadedModel(imported.model.eval(), preprocess, imagenet_classes(), imported.name, f"TFLite import of {path}")
+    return LoadedModel(imported.model.eval(), preprocess, imagenet_classes(), display_path(imported.name),
+                       f"TFLite import of {display_path(path)}")
 
 
 def _torchscript_model(path: Path) -> LoadedModel:
-    if not path.is_file():
-        raise ModelSpecError(f"{path}: no such file. For a state_dict use ARCH@{path}.")
+    shown = display_path(path)
+    if not is_existing_file(path):
+        raise ModelSpecError(f"{shown}: no such file. For a state_dict use ARCH@{shown}.")
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice is for developers
+            model = torch.jit.load(str(path), map_location="cpu")
     except Exception:
-        raise ModelSpecError(f"{path}: not a TorchScript file. For a state_dict, name its architecture: "
-                             f"resnet18@{path}") from None
-    return LoadedModel(model.eval(), Preprocess(), imagenet_classes(), path.stem, f"TorchScript {path}")
+        raise ModelSpecError(f"{shown}: not a TorchScript file. For a state_dict, name its architecture: "
+                             f"resnet18@{shown}") from None
+    model.eval()
+    preprocess = Preprocess()
+    outputs = _output_size(model, preprocess, shown)
+    classes = imagenet_classes() if outputs == len(imagenet_classes()) else ClassList.generic(outputs)
+    return LoadedModel(model, preprocess, classes, display_path(path.stem), f"TorchScript {shown}")
+
+
+def _output_size(model: nn.Module, preprocess: Preprocess, shown: str) -> int:
+    """The number of classes of a model without a class list, from one forward pass of a black image."""
+    size = preprocess.input_size
+    try:
+        with torch.inference_mode():
+            output = model(torch.zeros(1, 3, size, size))
+    except Exception as error:
+        raise ModelSpecError(f"{shown}: the model fails on a 1x3x{size}x{size} image ({type(error).__name__}); "
+                             f"deepscope feeds TorchScript models {size}-pixel RGB images.") from None
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] < 1:
+        shape = "x".join(map(str, output.shape)) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ModelSpecError(f"{shown}: the model returns {shape}; deepscope needs one row of class scores per "
+                             "image (N x classes).")
+    return int(output.shape[1])
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The state_dict in a ``torch.save`` file, read without unpickling any Python object."""
+    shown = display_path(path)
+    if not is_existing_file(path):
+        raise ModelSpecError(f"{shown}: no such checkpoint file.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        if found:  # never relay torch's advice: it suggests weights_only=False, which runs the file's code
+            raise ModelSpecError(f"{shown}: not a weights-only state_dict: it holds a pickled {found.group(1)}, "
+                                 "which deepscope does not load (unpickling can run code). Save the weights alone "
+                                 "with torch.save(model.state_dict(), FILE) and pass ARCH@FILE.") from None
+        raise ModelSpecError(f"{shown}: not a checkpoint written by torch.save; pass the file that "
+                             "torch.save(model.state_dict(), FILE) wrote.") from None
+    except Exception:
+        raise ModelSpecError(f"{shown}: cannot be read as a torch.save checkpoint (damaged or another format); "
+                             "pass the file that torch.save(model.state_dict(), FILE) wrote.") from None
+    for key in ("state_dict", "model"):  # training checkpoints keep the weights under one of these keys
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise ModelSpecError(f"{shown}: expected a state_dict (a dict of tensors), got "
+                             f"{type(checkpoint).__name__ if checkpoint else 'an empty dict'}.")
+    others = [str(k) for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
+    if others:
+        raise ModelSpecError(f"{shown}: expected a state_dict (a dict of tensors); {len(others)} entries are not "
+                             f"tensors ({', '.join(others[:3])}).")
+    return {str(k).removeprefix("module."): v for k, v in checkpoint.items()}
 
 
 def _state_dict_model(arch: str, path: Path) -> LoadedModel:
-    if not path.is_file():
-        raise ModelSpecError(f"{path}: no such checkpoint file.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ModelSpecError(f"{path}: cannot be read as a weights-only checkpoint ({error}).") from None
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], dict):
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict):
-        raise ModelSpecError(f"{path}: expected a state_dict (a dict of tensors), got {type(checkpoint).__name__}.")
-    checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    checkpoint = _read_checkpoint(path)
     head = [v for k, v in checkpoint.items() if k.endswith("weight") and v.ndim == 2]
     num_classes = int(head[-1].shape[0]) if head else None
     loaded = load_model(arch, pretrained=False, num_classes=num_classes)
-    try:
-        loaded.model.load_state_dict(checkpoint)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0:3]
-        raise ModelSpecError(f"{path}: these weights do not fit {arch!r}: {' '.join(first)}") from None
-    loaded.source = f"{arch} with weights from {path}"
+    mismatch = describe_mismatch(loaded.model.state_dict(), checkpoint)
+    if mismatch:
+        raise ModelSpecError(f"{display_path(path)}: these weights do not fit {arch!r}: {mismatch}. "
+                             "Check the architecture name.")
+    loaded.model.load_state_dict(checkpoint)
+    loaded.source = f"{arch} with weights from {display_path(path)}"
     return loaded
+
+
+def describe_mismatch(expected: dict, given: dict, shown: int = 3) -> str:
+    """How a state_dict differs from a model's, in one short line (counts and a few names); "" if it fits."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {_shape(given[k])} vs {_shape(expected[k])}" for k in expected
+              if k in given and given[k].shape != expected[k].shape]
+
+    def part(items: list[str], what: str) -> str:
+        more = f", ... {len(items) - shown} more" if len(items) > shown else ""
+        return f"{len(items)} {what} ({', '.join(items[:shown])}{more})"
+
+    parts = [part(missing, f"of the model's {len(expected)} tensors missing"),
+             part(unexpected, "unexpected"), part(shapes, "of another shape")]
+    return "; ".join(p for p, items in zip(parts, (missing, unexpected, shapes)) if items)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "scalar"

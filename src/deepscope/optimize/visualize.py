@@ -7,6 +7,7 @@ parameters frozen, everything restored afterwards, also on error). Randomness co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from deepscope.optimize.objectives import Objective, Seen, class_logit, deepdrea
 from deepscope.optimize.parameterizations import ImageParam, fourier_image, pixel_image
 from deepscope.optimize.regularizers import YosinskiRegularizer
 from deepscope.optimize.transforms import Transform, compose, resize, roll, standard_transforms
-from deepscope.probe import Probe, model_device
+from deepscope.probe import Probe, check_hookable, model_device
 
 Regularizer = Callable[[torch.Tensor, torch.Tensor | None, int], None]
 
@@ -62,6 +63,7 @@ def optimize_image(model: nn.Module, objective: Objective, preprocess: Preproces
 
     if steps < 1:
         raise DeepscopeError(f"steps must be at least 1, got {steps}.")
+    check_step_size(lr)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     optimizer = torch.optim.Adam(param.params, lr=lr)
     with Probe(model, objective.layers) as probe, torch.enable_grad():
@@ -124,9 +126,14 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str | Objective, pr
     """
     from tqdm.auto import tqdm
 
-    if octaves < 1 or octave_scale <= 1:
-        raise DeepscopeError(f"need octaves >= 1 and octave_scale > 1, got {octaves} and {octave_scale}.")
+    if octaves < 1 or not 1 < octave_scale < math.inf:
+        raise DeepscopeError(f"need octaves >= 1 and a finite octave_scale > 1, got {octaves} and {octave_scale}.")
+    if steps < 1 or jitter < 0:
+        raise DeepscopeError(f"need steps >= 1 and jitter >= 0, got {steps} and {jitter}.")
+    check_step_size(lr)
     objective = deepdream(layer) if isinstance(layer, str) else layer
+    if objective.layers:
+        check_hookable(model)
     base = (image[None] if image.ndim == 3 else image).detach().to(model_device(model))
     pyramid = [base]
     for _ in range(octaves - 1):
@@ -152,6 +159,12 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str | Objective, pr
                 bar.update(1)
             detail = x - octave
     return x
+
+
+def check_step_size(lr: float) -> None:
+    """Refuse a step size that is not a positive finite number (NaN would give a NaN image)."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise DeepscopeError(f"lr must be a positive finite number, got {lr!r}.")
 
 
 @torch.inference_mode()

@@ -261,7 +261,7 @@ class ReportContext:
 
             self._run.classification = stored_classification(job)
         if self._run.classification is None:
-            key = make_key("classify", self.model_key, self.images_key)
+            key = make_key("classify", 2, self.model_key, self.images_key)  # 2: with label ranks
             self._run.classification = self.cache.get_or_compute(
                 "classify", key, lambda: classify(self.loaded, self.images, topk=5, batch_size=self.settings.batch_size,
                                                   progress=self.settings.progress),
@@ -351,20 +351,25 @@ def _classification_to_store(result: Classification, images: ImageSet) -> dict:
     position = {path: i for i, path in enumerate(images.paths)}
     return {"kept": torch.tensor([position[p] for p in result.paths], dtype=torch.long),
             "indices": result.topk_indices, "probs": result.topk_probs,
+            "ranks": torch.tensor([-1 if r is None else r for r in result.label_ranks], dtype=torch.long),
             "skipped": [[str(p), reason] for p, reason in result.skipped]}
 
 
 def _classification_from_store(stored: Any, images: ImageSet, classes: int) -> Classification:
-    expect_keys(stored, ("kept", "indices", "probs", "skipped"), "predictions")
+    expect_keys(stored, ("kept", "indices", "probs", "ranks", "skipped"), "predictions")
     kept = expect_tensor(stored["kept"], torch.long, 1, "kept")
+    ranks = expect_tensor(stored["ranks"], torch.long, 1, "ranks")
     indices = expect_tensor(stored["indices"], torch.long, 2, "indices")
     probs = expect_tensor(stored["probs"], (torch.float32, torch.float16), 2, "probs")
-    expect(indices.shape == probs.shape and len(kept) == len(indices), "rows of kept, indices and probs differ")
+    expect(indices.shape == probs.shape and len(kept) == len(indices) == len(ranks),
+           "rows of kept, indices, probs and ranks differ")
     expect(bool(((kept >= 0) & (kept < len(images))).all()) and bool(((indices >= 0) & (indices < classes)).all()),
            "an index is out of range")
     skipped = stored["skipped"]
     expect(isinstance(skipped, list) and all(isinstance(s, list) and len(s) == 2 and all(isinstance(t, str) for t in s)
                                              for s in skipped), "skipped should be [path, reason] pairs")
     rows = kept.tolist()
-    return Classification([images.paths[i] for i in rows], [images.labels[i] for i in rows], indices, probs.float(),
-                          [(Path(p), r) for p, r in skipped])
+    labels = [images.labels[i] for i in rows]
+    return Classification([images.paths[i] for i in rows], labels, indices, probs.float(),
+                          [(Path(p), r) for p, r in skipped],
+                          [None if label is None else int(r) for label, r in zip(labels, ranks.tolist())])

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 import deepscope
-from deepscope.errors import DeepscopeError, did_you_mean
-from deepscope.fileio import check_writable, write_text
+from deepscope.errors import DeepscopeError, ImageError, did_you_mean
+from deepscope.fileio import check_writable, display_path, write_text
 from deepscope.report.base import ReportContext, SaliencyCard, Section
 from deepscope.report.sections import SECTIONS
 
@@ -55,8 +55,9 @@ def write_report(ctx: ReportContext, out: str | Path, sections: str | Sequence[s
                  overwrite: bool = False, log=None) -> Path:
     """Build the ``sections`` (default: all) and write ``out/report.html``; returns its path.
 
-    Refuses to replace an existing page unless ``overwrite``. The page is written to a temporary file
-    and renamed, so an interrupted run leaves the old page or none, never half a page.
+    Refuses to replace an existing page unless ``overwrite`` (before the work, and atomically when the page is
+    put in place, so of two reports racing for one new folder exactly one is written). The page is written to
+    a temporary file and renamed, so an interrupted run leaves the old page or none, never half a page.
     """
     from deepscope.render.report import render_page
 
@@ -65,7 +66,10 @@ def write_report(ctx: ReportContext, out: str | Path, sections: str | Sequence[s
     started = datetime.datetime.now().astimezone()
     ctx.new_run()
     with ctx.timer.step("classify images"):
-        ctx.classification()
+        readable = ctx.classification().paths
+    if not readable:
+        raise ImageError(f"none of the {len(ctx.images)} image(s) in {display_path(ctx.images.root)} can be read; "
+                         "the report needs at least one.")
     if log:
         log(f"classify images: {ctx.timer.seconds['classify images']:.1f} s")
     built = build_sections(ctx, names, log)
@@ -79,7 +83,7 @@ def write_report(ctx: ReportContext, out: str | Path, sections: str | Sequence[s
                        image_root=str(ctx.images.root), image_count=len(ctx.images),
                        generated=started.strftime("%Y-%m-%d %H:%M %Z"), sections=built, methods=methods,
                        footer=footer(ctx))
-    return write_text(path, html)
+    return write_text(path, html, overwrite=overwrite)
 
 
 def footer(ctx: ReportContext) -> dict:

@@ -7,7 +7,7 @@ from deepscope.catalogue import method_names
 from deepscope.render.evaluation import perturbation_curves_figure, randomization_figure
 from deepscope.render.report import data_uri, png_tensor
 from deepscope.report.base import Figure, Note, ReportContext, Section, Table, read_png
-from deepscope.trust_table import COLUMNS, MethodEvaluation, evaluate_methods, format_row, select_images
+from deepscope.trust_table import COLUMNS, MethodEvaluation, evaluate_methods, format_row, readable_selection
 
 #: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
 #: photos in the randomisation check; photos per class folder scored (the table's cost grows with each)
@@ -93,7 +93,8 @@ def _evaluate(ctx: ReportContext, methods: list[str], steps: int, options: dict,
     stored = {"rows": [r.row() for r in results], "images": len(done[0].deletion.auc) if done else 0}
     if done:
         stored["curves"] = png_tensor(perturbation_curves_figure({r.method: (r.deletion, r.insertion) for r in done}))
-        pixels = ctx.photos.crops(select_images(ctx.images, per_class, settings.seed).paths[:1])[0]
+        first = readable_selection(ctx.images, per_class, settings.seed, ctx.photos).paths[:1]
+        pixels = ctx.photos.crops(first)[0]
         stored["randomization"] = png_tensor(randomization_figure({r.method: r.randomization for r in done}, pixels))
     return stored
 
