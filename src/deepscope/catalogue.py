@@ -53,6 +53,10 @@ COSTS = {
     "channels": "one forward pass per channel of the layer",
     "windows": "one forward pass per window position (cheaper with incremental evaluation)",
 }
+#: settings of the costly methods that keep a map of one photo within seconds on a CPU: the report and the
+#: explorer use them (the report's gallery legend, its trust table and the explorer's page show them)
+QUICK_METHOD_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
+                        "smoothgrad": {"n": 12}, "ig": {"steps": 16}}
 #: settings that are passed to the methods that use them and change no map (see the module docstring)
 RUN_SETTINGS = ("preprocess", "progress")
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a name"}

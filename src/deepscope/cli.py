@@ -25,17 +25,19 @@ from deepscope.errors import DeepscopeError
 
 #: Sub-command modules, in the order ``deepscope --help`` lists them.
 COMMANDS = ("models", "methods", "layers", "classify", "filters", "features", "explain", "neurons", "classviz", "dream",
-            "evaluate", "report")
+            "evaluate", "report", "serve")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or (``only``) of one command: the others' modules are then not imported,
+    which keeps the start of a command (``deepscope serve``) fast."""
     parser = argparse.ArgumentParser(
         prog="deepscope",
         description="See how a trained image classifier reaches its predictions.",
         epilog="Run `deepscope COMMAND --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"deepscope {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only not in COMMANDS else (only,):
         importlib.import_module(f"deepscope.commands.{name.replace('-', '_')}").register(subparsers)
     return parser
 
@@ -77,7 +79,8 @@ def denormals_flushed() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (2 for a user's mistake). Leaves the process as it was."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((word for word in words if not word.startswith("-")), None))
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

@@ -7,6 +7,7 @@ naming the file; the batch loader skips such files, reports each by name, and ke
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from deepscope.errors import DeepscopeError, ImageError
+from deepscope.errors import DeepscopeError, ImageError, ImageTooLargeError
 from deepscope.models.classes import ClassList
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
@@ -39,23 +40,44 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{path}: no such file.")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty.")
+    return decode_image(path, str(path))
+
+
+def decode_image(source: str | Path | bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a file or the bytes of one (an upload) into an upright 8-bit RGB image, with the loader's guards.
+
+    The size is checked from the header before any pixel is decoded, and Pillow's decompression-bomb
+    warning is an error, so a small file that claims a huge image is refused without being expanded.
+    ``name`` starts every error message.
+
+    Raises
+    ------
+    ImageError
+        For data that is not an image, corrupt or truncated, tiny (< 16 px) or over ``max_pixels``.
+    """
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError(f"{name}: the file is empty.")
+        source = io.BytesIO(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                if opened.width * opened.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {opened.width}x{opened.height} px is too large "
-                                     f"(over {MAX_PIXELS // 1_000_000} megapixels); downscale it first.")
+            with Image.open(source) as opened:
+                if opened.width * opened.height > max_pixels:
+                    raise ImageTooLargeError(f"{name}: {opened.width}x{opened.height} px is too large "
+                                     f"(over {max_pixels / 1_000_000:g} megapixels); downscale it first.")
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file Pillow can read.") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{path}: corrupt or truncated image ({error}).") from None
+        raise ImageError(f"{name}: not an image file Pillow can read.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({error}).") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{name}: corrupt or truncated image ({error}).") from None
     if min(image.size) < MIN_SIDE:
-        raise ImageError(f"{path}: {image.width}x{image.height} px is too small; "
+        raise ImageError(f"{name}: {image.width}x{image.height} px is too small; "
                          f"deepscope needs at least {MIN_SIDE} px on each side.")
     return to_rgb(image)
 
@@ -140,11 +162,12 @@ def scan_images(root: str | Path, classes: ClassList | None = None) -> ImageSet:
         folders.append(relative.parts[0] if len(relative.parts) > 1 else None)
     if not paths:
         raise ImageError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
-    labels = [_folder_label(folder, classes) for folder in folders]
+    labels = [folder_label(folder, classes) for folder in folders]
     return ImageSet(root, paths, folders, labels, skipped)
 
 
-def _folder_label(folder: str | None, classes: ClassList | None) -> int | None:
+def folder_label(folder: str | None, classes: ClassList | None) -> int | None:
+    """The class index a folder's name gives (a WordNet id or a class name), or None."""
     if folder is None or classes is None:
         return None
     try:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from deepscope.errors import DeepscopeError
 from deepscope.images import ImageSet, scan_images
-from deepscope.models.zoo import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from deepscope.models.zoo import LoadedModel
 
 
 def add_model_argument(parser: argparse.ArgumentParser, optional: bool = True) -> None:
@@ -68,6 +71,8 @@ def resolve_device(name: str) -> torch.device:
 
 def model_from_args(args: argparse.Namespace) -> LoadedModel:
     """Load the model named on the command line, on the chosen device."""
+    from deepscope.models.zoo import load_model  # torchvision and timm: imported when a command needs a model
+
     loaded = load_model(args.model, pretrained=not args.random_weights)
     loaded.model.to(resolve_device(args.device))
     return loaded
