@@ -118,3 +118,18 @@ def first_response(http, path: str, process: subprocess.Popen | None = None, tim
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    # python tests/serve_helpers.py PORT FOLDER CACHE_MB: the tiny explorer on 127.0.0.1, in a process of its own
+    # with the console script's process settings (the load test measures this process's memory)
+    import torch
+
+    from deepscope.cli import keep_freed_memory
+    from deepscope.serve.server import run_server
+
+    keep_freed_memory()
+    port, folder, cache = int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+    explorer = tiny_explorer(photo_folder(folder), cache_megabytes=cache)
+    explorer.interactive._setup = explorer.background._setup = lambda: torch.set_flush_denormal(True)
+    run_server(explorer, "127.0.0.1", port)

@@ -415,6 +415,7 @@ def test_duplicate_jobs_share_one_computation_and_results_are_cached():
         assert [f.result(10) for f in futures] == ["value"] * 10 and len(calls) == 1
         assert blocker.result(10) is True
         assert worker.submit("k", lambda: calls.append(1)).result(10) == "value" and len(calls) == 1  # cached
+        assert (worker.computed, worker.shared, worker.from_cache) == (2, 9, 1)
     finally:
         worker.stop()
 

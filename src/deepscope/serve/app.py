@@ -45,7 +45,7 @@ from deepscope.serve.worker import QueueFullError, wait
 
 #: the page's files, the only static files served
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
-                "index.html": "text/html; charset=utf-8"}
+                "index.html": "text/html; charset=utf-8", "favicon.svg": "image/svg+xml"}
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -114,6 +114,7 @@ class ModelWorker:
         self._counter = itertools.count()
         self.computed = 0
         self.shared = 0
+        self.from_cache = 0
         self.failed = 0
 
     def start(self) -> None:
@@ -148,6 +149,7 @@ class ModelWorker:
             if key is not None:
                 cached = self.cache.get(key, _MISSING) if self.cache is not None else _MISSING
                 if cached is not _MISSING:
+                    self.from_cache += 1
                     future: Future = Future()
                     future.set_result(cached)
                     return future
@@ -198,7 +200,8 @@ class ModelWorker:
         running = self._running
         return {"name": self.name, "running": running[0] if running else None,
                 "running_seconds": round(time.monotonic() - running[1], 1) if running else None,
-                "queued": self._queue.qsize(), "computed": self.computed, "shared": self.shared, "failed": self.failed,
+                "queued": self._queue.qsize(), "computed": self.computed, "shared": self.shared,
+                "from_cache": self.from_cache, "failed": self.failed,
                 "cached": len(self.cache) if self.cache is not None else 0,
                 "cache_hits": self.cache.hits if self.cache is not None else 0,
                 "cache_megabytes": round(self.cache.bytes / 1e6, 1) if self.cache is not None else 0.0}

@@ -7,6 +7,7 @@
   var SVG = "http://www.w3.org/2000/svg";
   var COST_ORDER = ["free", "one pass", "passes", "channels", "windows"];
   var CLIENT_MAPS = 600;  // maps kept in the page (oldest dropped first)
+  var MAP_REQUESTS = 2;   // map requests in flight at once (see mapFor)
 
   var state = {
     info: null, photos: [], photo: null, predictions: [], target: null, targetName: "",
@@ -151,6 +152,7 @@
 
   function showView(view) {
     state.view = view;
+    document.body.setAttribute("data-view", view);
     document.querySelectorAll("nav.tabs button").forEach(function (button) {
       button.setAttribute("aria-selected", button.getAttribute("data-view") === view ? "true" : "false");
     });
@@ -303,6 +305,7 @@
 
   function selectMethod(name) {
     state.method = name;
+    hurry(name);
     markMethod();
     renderViewer();
   }
@@ -324,6 +327,11 @@
     return [state.photo.id, method, state.target === null ? "pred" : state.target, m.layer ? state.layer || "" : ""].join("|");
   }
 
+  // Map requests wait in the page's own queue and go out MAP_REQUESTS at a time: the server computes one map
+  // at a time anyway, the browser keeps connections free for everything else (status, predictions, other
+  // views), and maps that are no longer wanted (another photo, class or layer was chosen) are never asked for.
+  var mapQueue = [], mapsInFlight = 0;
+
   function mapFor(method) {
     var key = mapKey(method);
     var entry = state.maps.get(key);
@@ -331,13 +339,40 @@
     var params = new URLSearchParams();
     if (state.target !== null) { params.set("target", String(state.target)); }
     if (methodInfo(method).layer && state.layer) { params.set("layer", state.layer); }
-    entry = { status: "pending" };
-    entry.promise = api(photoUrl(state.photo.id, "maps/" + encodeURIComponent(method)) + "?" + params.toString())
-      .then(function (data) { entry.status = "done"; entry.data = data; return data; },
-            function (error) { entry.status = "error"; entry.error = error.message; });
+    var url = photoUrl(state.photo.id, "maps/" + encodeURIComponent(method)) + "?" + params.toString();
+    entry = { status: "pending", key: key, method: method };
+    entry.promise = new Promise(function (resolve) { mapQueue.push({ entry: entry, url: url, resolve: resolve }); });
     state.maps.set(key, entry);
     while (state.maps.size > CLIENT_MAPS) { state.maps.delete(state.maps.keys().next().value); }
     return entry;
+  }
+
+  function wanted(key) {
+    return !!state.photo && state.info.methods.some(function (m) { return mapKey(m.name) === key; });
+  }
+
+  function pumpMaps() {
+    while (mapsInFlight < MAP_REQUESTS && mapQueue.length) {
+      var job = mapQueue.shift();
+      if (!wanted(job.entry.key)) {
+        state.maps.delete(job.entry.key);
+        job.entry.status = "dropped";
+        job.resolve();
+        continue;
+      }
+      mapsInFlight += 1;
+      (function (job) {
+        api(job.url).then(function (data) { job.entry.status = "done"; job.entry.data = data; },
+                          function (error) { job.entry.status = "error"; job.entry.error = error.message; })
+          .then(function () { mapsInFlight -= 1; job.resolve(); pumpMaps(); });
+      })(job);
+    }
+  }
+
+  function hurry(method) {
+    var key = mapKey(method);
+    var at = mapQueue.findIndex(function (job) { return job.entry.key === key; });
+    if (at > 0) { mapQueue.unshift(mapQueue.splice(at, 1)[0]); }
   }
 
   function requestAllMaps() {
@@ -361,6 +396,7 @@
         }
       });
     });
+    pumpMaps();
     renderViewer();
     updateProgress();
   }
@@ -567,7 +603,7 @@
 
   function thumbSize() {
     var n = state.features ? state.features.points.length : 1;
-    return n > 300 ? 26 : n > 80 ? 36 : n > 20 ? 48 : 64;
+    return n > 300 ? 26 : n > 80 ? 36 : n > 20 ? 48 : 76;
   }
 
   function drawScatter() {
@@ -640,9 +676,16 @@
     function end() { start = null; box.classList.remove("dragging"); setTimeout(function () { dragged = false; }, 0); }
     box.addEventListener("pointerup", end);
     box.addEventListener("pointercancel", end);
-    var centre = { x: view.width / 2, y: view.height / 2 };
-    $("zoom-in").addEventListener("click", function () { zoom(1.5, centre); });
-    $("zoom-out").addEventListener("click", function () { zoom(1 / 1.5, centre); });
+    function focus() {  // the chosen photo, else the middle of the view
+      var chosen = state.chosenPoint && document.querySelector('#scatter .pt[data-photo="' + CSS.escape(state.chosenPoint) + '"]');
+      if (chosen) {
+        var box = chosen.transform.baseVal.consolidate().matrix;
+        return { x: box.e, y: box.f };
+      }
+      return { x: view.width / 2, y: view.height / 2 };
+    }
+    $("zoom-in").addEventListener("click", function () { zoom(1.5, focus()); });
+    $("zoom-out").addEventListener("click", function () { zoom(1 / 1.5, focus()); });
     $("zoom-reset").addEventListener("click", function () { view.k = 1; view.x = 0; view.y = 0; placePoints(); });
     $("feature-space").addEventListener("change", loadFeatures);
     $("feature-projection").addEventListener("change", loadFeatures);
@@ -671,7 +714,7 @@
           row.append(el("figure", { class: "nn", title: n.name + (n.predicted ? " · " + n.predicted : "") + " · distance " + n.distance,
             onclick: function () { chooseNeighbours(n.photo); } }, [
             el("img", { src: photoUrl(n.photo, "thumb"), alt: n.name }),
-            el("figcaption", { text: n.distance.toFixed(3) + " · " + (n.predicted || n.name) })]));
+            el("figcaption", {}, [el("b", { text: n.distance.toFixed(3) }), el("br"), n.predicted || n.name])]));
         });
       });
       highlight(id, result.features.map(function (n) { return n.photo; }));
@@ -700,17 +743,22 @@
     trust.columns.forEach(function (column) { head.append(el("th", { scope: "col", text: column })); });
     var body = $("trust-body");
     body.replaceChildren();
-    trust.rows.forEach(function (row) {
-      var control = row[0] === "random" || row[0] === "center";
-      body.append(el("tr", { class: control ? "control" : "" }, row.map(function (cell) { return el("td", { text: cell }); })));
+    trust.methods.forEach(function (method, i) {
+      var row = trust.rows[i];
+      var control = method === "random" || method === "center";
+      var kind = row ? (control ? "control" : "") : "pending" + (trust.current === method ? " running" : "");
+      var cells = row || [method].concat(trust.columns.slice(1).map(function () { return "–"; }));
+      body.append(el("tr", { class: kind }, cells.map(function (cell) { return el("td", { text: cell }); })));
     });
     var notes = $("trust-notes");
     notes.replaceChildren();
     (trust.notes || []).forEach(function (note) { notes.append(el("li", { text: note })); });
     var button = $("trust-start");
     var running = trust.state === "running" || trust.state === "queued";
-    button.disabled = running;
-    button.textContent = trust.state === "done" ? "recompute for the current photos" : "compute the trust table";
+    var current = trust.state === "done" && trust.photos === state.photos.length;
+    button.disabled = running || current;
+    button.textContent = current ? "computed for these photos" : trust.state === "done" ? "compute again with the new photos"
+      : "compute the trust table";
     $("trust-bar").hidden = !running;
     if (trust.total) { $("trust-bar-fill").style.width = Math.round(100 * trust.done / trust.total) + "%"; }
     var words = {
