@@ -69,6 +69,7 @@ def test_explore_the_default_model(browser, default_server):  # noqa: F811
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
+    browser.get_log("browser")  # only this test's entries are checked at the end
     browser.set_window_size(1360, 1000)
     browser.get(default_server.url + "/")
     wait_for(browser, "return document.querySelectorAll('#method-strip .tile').length > 0", 300)
@@ -179,6 +180,7 @@ def test_trust_table_uploads_and_names_as_text(browser, tiny_server, tmp_path): 
     from PIL import Image
     from selenium.webdriver.common.by import By
 
+    browser.get_log("browser")
     browser.set_window_size(1360, 1000)
     browser.get(tiny_server.url + "/")
     wait_for(browser, ALL_MAPS, 300)

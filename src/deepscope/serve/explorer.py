@@ -232,9 +232,10 @@ class Explorer:
         except UnsupportedModelError:
             self.default_layer = None
         if self.default_layer is not None and self.default_layer not in {layer.name for layer in layers}:
-            s = shapes.get(self.default_layer)
-            if s is not None and len(s) == 4:
-                layers.append(LayerInfo(self.default_layer, s[1], s[2], s[3]))
+            shape = shapes.get(self.default_layer) or tuple(default_shape(model, self.default_layer, probe_input))
+            # a deeper block, or a vision transformer's token sequence (N, T, C): no height and width
+            layers.append(LayerInfo(self.default_layer, shape[1], *shape[2:4]) if len(shape) == 4
+                          else LayerInfo(self.default_layer, shape[-1], 0, 0))
         self.layers = layers  # empty for a model without spatial maps: CAMs and neurons do not apply
         self._loaded_event.set()
         return self._loaded
@@ -265,9 +266,6 @@ class Explorer:
         if text is None or text == "" or text == "pred":
             return None
         return self.loaded.classes.index(text)
-
-    def check_method(self, name: str):
-        return get_method(name)
 
     def check_layer(self, layer: str | None) -> str | None:
         """``layer`` if the model has it as a spatial layer (None: the default)."""
@@ -345,7 +343,7 @@ class Explorer:
     def map_job(self, photo: Photo, method: str, target: int | None, layer: str | None) -> Future:
         """The future map of ``method`` for ``photo`` and class ``target`` (None: predicted), at ``layer`` for
         the methods that take one (others ignore it); arguments checked before anything is queued."""
-        entry = self.check_method(method)
+        entry = get_method(method)
         layer = self.check_layer(layer) if entry.accepts("layer") else None
         if target is not None and not 0 <= target < len(self.loaded.classes):
             raise TargetError(f"class {target} is out of range (0..{len(self.loaded.classes) - 1}).")
@@ -622,6 +620,15 @@ class Explorer:
             model = "ready"
         return {"model": model, "workers": [self.interactive.status(), self.background.status()],
                 "memory_megabytes": resident_megabytes()}
+
+
+def default_shape(model, layer: str, inputs: torch.Tensor) -> torch.Size:
+    """The output shape of one layer for ``inputs``."""
+    from deepscope.probe import Probe
+
+    with Probe(model, [layer], detach=True) as probe, torch.inference_mode():
+        probe(inputs)
+        return probe.activations[layer].shape
 
 
 def resident_megabytes() -> float | None:

@@ -290,7 +290,7 @@
   function buildLayers(info) {
     var select = $("layer-select"), neuron = $("neuron-layer");
     info.layers.forEach(function (layer) {
-      var label = layer.name + "  (" + layer.channels + " ch, " + layer.height + "×" + layer.width + ")";
+      var label = layer.name + "  (" + layer.channels + " ch, " + (layer.height ? layer.height + "×" + layer.width : "tokens") + ")";
       select.append(el("option", { value: layer.name, text: label }));
       neuron.append(el("option", { value: layer.name, text: label }));
     });
@@ -621,6 +621,7 @@
         event.stopPropagation();
         chooseNeighbours(point.photo);
       });
+      point.node = g;
       group.append(g);
     });
     placePoints();
@@ -629,10 +630,9 @@
   function placePoints() {
     if (!state.features) { return; }
     var margin = 50;
-    var nodes = $("scatter-view").children;
-    state.features.points.forEach(function (point, i) {
+    state.features.points.forEach(function (point) {
       var x = margin + point.x * (view.width - 2 * margin), y = margin + point.y * (view.height - 2 * margin);
-      nodes[i].setAttribute("transform", "translate(" + (x * view.k + view.x).toFixed(1) + " " + (y * view.k + view.y).toFixed(1) + ")");
+      point.node.setAttribute("transform", "translate(" + (x * view.k + view.x).toFixed(1) + " " + (y * view.k + view.y).toFixed(1) + ")");
     });
   }
 
