@@ -59,6 +59,11 @@ COSTS = {
     "masks": "one forward pass per random mask",
     "windows": "one forward pass per window position (cheaper with incremental evaluation)",
 }
+#: settings of the costly methods that keep a map of one photo within seconds on a CPU: the report and the
+#: explorer use them (the report's gallery legend, its trust table and the explorer's page show them)
+QUICK_METHOD_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
+                        "smoothgrad": {"n": 12}, "vargrad": {"n": 12}, "ig": {"steps": 16},
+                        "gradientshap": {"n": 16}, "rise": {"n": 1000}}
 #: settings that are passed to the methods that use them and change no map (see the module docstring)
 RUN_SETTINGS = ("preprocess", "progress")
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a name"}

@@ -35,7 +35,7 @@ from deepscope.fileio import display_path
 
 #: Sub-command modules, in the order ``deepscope --help`` lists them.
 COMMANDS = ("models", "methods", "layers", "classify", "filters", "features", "explain", "neurons", "classviz", "dream",
-            "evaluate", "report")
+            "evaluate", "report", "serve")
 
 
 class UsageError(DeepscopeError):
@@ -54,14 +54,16 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)", self.prog)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or (``only``) of one command: the others' modules are then not imported,
+    which keeps the start of a command (``deepscope serve``) fast."""
     parser = Parser(
         prog="deepscope",
         description="See how a trained image classifier reaches its predictions.",
         epilog="Run `deepscope COMMAND --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"deepscope {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only not in COMMANDS else (only,):
         importlib.import_module(f"deepscope.commands.{name.replace('-', '_')}").register(subparsers)
     parser.set_defaults(commands=subparsers.choices)
     return parser
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "deepscope"
     with _Interrupts() as interrupts:
         try:
-            args = parse(build_parser(), argv)
+            words = sys.argv[1:] if argv is None else argv
+            args = parse(build_parser(next((word for word in words if not word.startswith("-")), None)), argv)
             if not getattr(args, "run", None):
                 raise UsageError(f"name a command: {', '.join(COMMANDS)} (see `deepscope --help`)", "deepscope")
             command = f"deepscope {args.command}"

@@ -19,6 +19,10 @@ class ImageError(DeepscopeError):
     """An image file that cannot be read as an RGB photo."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image with more pixels than deepscope decodes (a decompression bomb, or a photo to downscale)."""
+
+
 class ModelSpecError(DeepscopeError):
     """A model name, file or checkpoint that cannot be loaded."""
 

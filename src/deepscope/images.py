@@ -11,6 +11,7 @@ explains are decoded once and kept as crops and thumbnails (:class:`Photos`).
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -23,7 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from deepscope.errors import AmbiguousClassError, DeepscopeError, DeepscopeWarning, ImageError
+from deepscope.errors import AmbiguousClassError, DeepscopeError, DeepscopeWarning, ImageError, ImageTooLargeError
 from deepscope.fileio import display_path, is_existing_file
 from deepscope.models.classes import ClassList
 from deepscope.models.preprocess import Preprocess
@@ -49,23 +50,44 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{path}: no such file.")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty.")
+    return decode_image(path, str(path))
+
+
+def decode_image(source: str | Path | bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a file or the bytes of one (an upload) into an upright 8-bit RGB image, with the loader's guards.
+
+    The size is checked from the header before any pixel is decoded, and Pillow's decompression-bomb
+    warning is an error, so a small file that claims a huge image is refused without being expanded.
+    ``name`` starts every error message.
+
+    Raises
+    ------
+    ImageError
+        For data that is not an image, corrupt or truncated, tiny (< 16 px) or over ``max_pixels``.
+    """
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError(f"{name}: the file is empty.")
+        source = io.BytesIO(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                if opened.width * opened.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {opened.width}x{opened.height} px is too large "
-                                     f"(over {MAX_PIXELS // 1_000_000} megapixels); downscale it first.")
+            with Image.open(source) as opened:
+                if opened.width * opened.height > max_pixels:
+                    raise ImageTooLargeError(f"{name}: {opened.width}x{opened.height} px is too large "
+                                     f"(over {max_pixels / 1_000_000:g} megapixels); downscale it first.")
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file Pillow can read.") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{path}: corrupt or truncated image ({error}).") from None
+        raise ImageError(f"{name}: not an image file Pillow can read.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({error}).") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{name}: corrupt or truncated image ({error}).") from None
     if min(image.size) < MIN_SIDE:
-        raise ImageError(f"{path}: {image.width}x{image.height} px is too small; "
+        raise ImageError(f"{name}: {image.width}x{image.height} px is too small; "
                          f"deepscope needs at least {MIN_SIDE} px on each side.")
     return to_rgb(image)
 
@@ -186,12 +208,13 @@ def scan_images(root: str | Path, classes: ClassList | None = None) -> ImageSet:
         folders.append(relative.parts[0] if len(relative.parts) > 1 else None)
     if not paths:
         raise ImageError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
-    known = {folder: _folder_label(folder, classes) for folder in dict.fromkeys(folders)}
+    known = {folder: folder_label(folder, classes) for folder in dict.fromkeys(folders)}
     return ImageSet(root, paths, folders, [known[folder] for folder in folders], skipped)
 
 
-def _folder_label(folder: str | None, classes: ClassList | None) -> int | None:
-    """The class a folder is named after; None for other names (a warning when the name fits several classes)."""
+def folder_label(folder: str | None, classes: ClassList | None) -> int | None:
+    """The class a folder is named after (a WordNet id or a class name); None for other names (a warning when
+    the name fits several classes)."""
     if folder is None or classes is None:
         return None
     try:

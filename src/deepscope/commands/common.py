@@ -13,13 +13,16 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from deepscope.errors import DeepscopeError
 from deepscope.fileio import check_location, display_path
 from deepscope.images import ImageSet, Skip, describe_skipped, merge_skips, scan_images
-from deepscope.models.zoo import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from deepscope.models.zoo import LoadedModel
 
 #: the largest count an option takes (batch sizes, steps, images): larger values are refused, not clipped
 MAX_COUNT = 2**31 - 1
@@ -262,6 +265,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 def model_from_args(args: argparse.Namespace) -> LoadedModel:
     """Load the model named on the command line, on the chosen device."""
+    from deepscope.models.zoo import load_model  # torchvision and timm: imported when a command needs a model
+
     target = resolve_device(args.device)
     loaded = load_model(args.model, pretrained=not args.random_weights)
     loaded.model.to(target)

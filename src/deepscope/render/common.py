@@ -2,7 +2,8 @@
 
 Figures are :class:`matplotlib.figure.Figure` objects made without pyplot, so rendering never selects or
 changes matplotlib's backend and leaves no figure open in pyplot's list (a notebook user's setup stays as
-it was); saving them uses matplotlib's Agg canvas for the file format.
+it was); saving them uses matplotlib's Agg canvas for the file format. They are :class:`DisplayFigure` objects,
+which Jupyter shows as PNG (without pyplot, IPython knows no way to show a figure).
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ SEQUENTIAL_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
 
 
+class DisplayFigure(Figure):
+    """A matplotlib figure that Jupyter and IPython show as PNG (``_repr_png_``), made without pyplot."""
+
+    def _repr_png_(self) -> bytes:
+        return figure_png_bytes(self)
+
+
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, dpi=None, layout=None, **kwargs):
     """``(figure, axes)`` like ``pyplot.subplots``, without pyplot (see the module docstring)."""
-    figure = Figure(figsize=figsize, dpi=dpi, layout=layout)
+    figure = DisplayFigure(figsize=figsize, dpi=dpi, layout=layout)
     return figure, figure.subplots(nrows, ncols, **kwargs)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from deepscope.filters import FilterView
-from deepscope.render.common import DIVERGING_CMAP, subplots
+from deepscope.render.common import DIVERGING_CMAP, DisplayFigure, subplots
 
 #: a tile is enlarged to about this many pixels per side
 TILE_PIXELS = 40
@@ -64,7 +64,7 @@ def filter_grid_figure(view: FilterView, *, title: str | None = None, tile_pixel
     mosaic = tile_mosaic(tiles, rows, cols, scale)
     height, width = mosaic.shape[:2]
     wrap = max(60, int(width / 7))
-    fig = Figure(figsize=(max(width, 420) / DPI, (height + 70) / DPI), dpi=DPI)
+    fig = DisplayFigure(figsize=(max(width, 420) / DPI, (height + 70) / DPI), dpi=DPI)
     ax = fig.add_axes([0, 0, 1, height / (height + 70)])
     image = mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")

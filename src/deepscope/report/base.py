@@ -20,17 +20,11 @@ from typing import Any, ClassVar
 import torch
 
 from deepscope.cache import Cache, expect, expect_keys, expect_tensor, images_digest, make_key, model_digest
-from deepscope.catalogue import build_method, get_method
+from deepscope.catalogue import QUICK_METHOD_OPTIONS, build_method, get_method
 from deepscope.classify import Classification, classify
 from deepscope.errors import DeepscopeError
 from deepscope.images import ImageSet, Photos, Skip, draw_per_group
 from deepscope.models.zoo import LoadedModel
-
-#: the report's settings for the costly methods, so that a report stays within minutes on a 2-core CPU;
-#: the gallery's legend and the trust table show them
-QUICK_METHOD_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
-                        "smoothgrad": {"n": 12}, "vargrad": {"n": 12}, "ig": {"steps": 16},
-                        "gradientshap": {"n": 16}, "rise": {"n": 1000}}
 
 
 @dataclass(frozen=True)
