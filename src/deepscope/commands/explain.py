@@ -68,6 +68,12 @@ def run(args) -> int:
             break
         try:
             photos.append((path, load_image(path)))
+        except ImageError as error:
+            skipped.append((path, str(error).split(": ", 1)[-1]))
+    if not photos:
+        raise ImageError(f"none of the {len(images)} image(s) in {display_path(images.root)} can be read.")
+    paths = [path for path, _ in photos]
+    panel_files = [out / f"{i:03d}_{safe_name(Path(p).stem)}.png" for i, p in enumerate(paths)]
     grid_file = out / "grid.png"
     with Outputs([*panel_files, grid_file], overwrite=args.force) as outputs:
         loaded = model_from_args(args)
