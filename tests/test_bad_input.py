@@ -263,7 +263,18 @@ def model_cases():
     yield case("dream mobilenet_v3_small {photo} --random-weights --layer bogus", "no layer 'bogus'")
 
 
-CASES = [*parse_cases(), *argparse_cases(), *catalogue_cases(), *location_cases(), *model_cases()]
+def serve_cases():
+    """The explorer's command: checked before it loads a model or opens a port."""
+    for value in ("70000", "-1", "http", "8000.5"):
+        yield case(f"serve {{tiny5}} {{photos}} --port {value}", "argument --port")
+    for value in ("0", "-5", "lots"):
+        yield case(f"serve {{tiny5}} {{photos}} --cache-mb={value}", "argument --cache-mb")
+    yield case("serve {tiny5} {root}/missing", "no such file or folder")
+    yield case("serve {tiny5} --store {root}/missing", "--store")
+    yield case("serve {tiny5} --store {afile}", "--store")
+
+
+CASES = [*parse_cases(), *argparse_cases(), *catalogue_cases(), *location_cases(), *model_cases(), *serve_cases()]
 
 
 def test_the_suite_covers_every_command_and_method():

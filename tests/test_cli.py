@@ -178,7 +178,10 @@ def test_ctrl_c_during_start_up_is_one_line(delay):
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=300)
     assert "Traceback" not in err, err
-    assert run.returncode == 130 and err.strip().count("\n") == 0 and "interrupted" in err, err
+    if run.returncode == 0:  # a fast machine had finished the command: all of its output, and no complaint
+        assert "features" in out and err == "", err
+    else:
+        assert run.returncode == 130 and err.strip().count("\n") == 0 and "interrupted" in err, err
 
 
 def test_a_closed_pipe_ends_quietly():

@@ -211,4 +211,4 @@ def test_cli_prints_both_accuracies_and_writes_figures(folder, tmp_path, capsys)
     assert FeatureBank.load(out / "features.npz").features.shape == (6, 1280)
     assert main(args) == 2 and "--force" in capsys.readouterr().err
     assert main(args + ["--force", "--project", "pca,mds"]) == 2
-    assert "--project 'mds'" in capsys.readouterr().err
+    assert "--project: 'mds'" in capsys.readouterr().err

@@ -23,7 +23,8 @@ from deepscope.commands import common
 #: arguments each command needs besides the option under test
 BASE = {"layers": "{model}", "classify": "{model} {photos}", "filters": "{model}", "features": "{model} {photos}",
         "explain": "{model} {photos}", "neurons": "{model} {photos} --layer 0", "classviz": "{model} --classes 1",
-        "dream": "{model} {photo} --layer 0", "evaluate": "{model} {photos}", "report": "--model {model} --images {photos}"}
+        "dream": "{model} {photo} --layer 0", "evaluate": "{model} {photos}", "report": "--model {model} --images {photos}",
+        "serve": "{model} {photos}"}
 #: what an accepted value of each shared type must be
 ACCEPTED = {
     common.positive_int: lambda v: isinstance(v, int) and 1 <= v <= common.MAX_COUNT,
@@ -32,6 +33,7 @@ ACCEPTED = {
     common.positive_float: lambda v: math.isfinite(v) and v > 0,
     common.int_list: lambda v: v and all(isinstance(x, int) and x >= 0 for x in v),
     common.device: lambda v: v in ("auto", "cpu", "mps") or v.startswith("cuda"),
+    common.port: lambda v: isinstance(v, int) and 0 <= v <= 65535,
 }
 
 
@@ -92,6 +94,8 @@ def test_any_value_is_accepted_or_refused_in_one_line(command, option, kind, val
         module = __import__(f"deepscope.commands.{name}", fromlist=["run"])
         if hasattr(module, "model_from_args"):
             monkeypatch.setattr(module, "model_from_args", stop)
+        elif hasattr(module, "images_from_args"):  # serve: its explorer loads the model, after the photos
+            monkeypatch.setattr(module, "images_from_args", stop)
     argv = [command, *BASE[command].format(**inputs).split(), f"{option}={value}"]
     err = io.StringIO()
     try:

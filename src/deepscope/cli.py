@@ -209,11 +209,17 @@ def console_main() -> None:
         print("\ndeepscope: interrupted.", file=sys.stderr)
         code = 130
     _quiet_if_stdout_closed()
+    # the work is done and its output flushed: a Ctrl-C while the interpreter shuts down (which puts back the
+    # default handler, so the process would die of the signal) changes nothing any more
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 
 def _quiet_if_stdout_closed() -> None:
-    """After a broken pipe, point stdout at /dev/null, so that Python's last flush at exit does not complain."""
+    """Flush stdout; after a broken pipe, point it at /dev/null, so that Python's last flush at exit does not
+    complain."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
     try:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):

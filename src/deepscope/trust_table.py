@@ -1,9 +1,12 @@
-"""The trust table: every faithfulness metric for a list of catalogue methods, as one table.
+"""The trust table: faithfulness metrics for a list of catalogue methods, as one table.
 
 For each method: deletion and insertion AUC on a few photos per class (its predicted class), the grid
 pointing game on mosaics of those photos, and the rank correlation of its maps with those of a model
 whose output layer was randomised (the first step of the cascade; lower means the map depends more on
-what the model learned). The controls ``random`` and ``center`` belong in every table: they show chance.
+what the model learned); then the metrics of :data:`TRUST_METRICS` (or the caller's choice) from the metric
+catalogue :mod:`deepscope.evaluation.metrics`: those that score maps on the same photos, those that explain
+again (perturbed inputs, randomised models) on the randomisation photos. The controls ``random`` and
+``center`` belong in every table: they show chance.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from deepscope.catalogue import build_method, get_method
 from deepscope.errors import DeepscopeError, ImageError, UnsupportedModelError
 from deepscope.fileio import display_path
 from deepscope.evaluation.deletion_insertion import PerturbationCurve, deletion_curve, insertion_curve
+from deepscope.evaluation.metrics import METRICS, get_metric
 from deepscope.evaluation.pointing_game import PointingResult, grid_pointing_game
 from deepscope.evaluation.randomization import RandomizationResult, cascading_randomization
 from deepscope.images import ImageSet, Photos, draw_per_group
@@ -38,6 +42,31 @@ COLUMNS = (
     ("randomization_ssim", "SSIM after top-layer randomisation", "mean over images"),
     ("seconds", "seconds", "wall time for this method's row"),
 )
+#: metrics of the catalogue that the table shows besides its own columns, with the options it runs them at
+#: (cheaper than their defaults where a table of every method needs it); those that explain again run on the
+#: randomisation photos only
+TRUST_METRICS: dict[str, dict] = {"road-gap": {}, "average-drop": {}, "increase-in-confidence": {},
+                                  "infidelity": {"samples": 20}, "sensitivity-max": {"samples": 4}, "emprt": {}}
+#: catalogue metrics that are columns of the table already
+_OWN_COLUMNS = ("deletion", "insertion", "cascading-randomization")
+
+
+def table_columns(rows: Sequence[dict] = ()) -> list[tuple[str, str, str]]:
+    """The table's columns: :data:`COLUMNS`, then one per catalogue metric the rows hold (before seconds)."""
+    present = [name for name in METRICS if any(name in row for row in rows)]
+    extra = [(name, get_metric(name).header, get_metric(name).summary) for name in present]
+    return [*COLUMNS[:-1], *extra, COLUMNS[-1]]
+
+
+def check_metrics(metrics: Mapping[str, Mapping] | Sequence[str] | None) -> dict[str, dict]:
+    """The table's catalogue metrics with checked options (None: :data:`TRUST_METRICS`); unknown names and
+    options raise before any work."""
+    if metrics is None:
+        metrics = TRUST_METRICS
+    if not isinstance(metrics, Mapping):
+        metrics = {name: TRUST_METRICS.get(name, {}) for name in metrics}
+    return {name: get_metric(name).check_options(options) for name, options in metrics.items()
+            if name not in _OWN_COLUMNS}
 
 
 @dataclass
@@ -52,10 +81,18 @@ class MethodEvaluation:
     seconds: float = 0.0
     error: str = ""
     extra: dict = field(default_factory=dict)
+    #: per-image values of the catalogue metrics, by name
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def row(self) -> dict:
-        """Numbers of the table row (NaN where a metric was not computed)."""
+    def row(self, metrics: Sequence[str] = ()) -> dict:
+        """Numbers of the table row (NaN where a metric was not computed): its own columns, then the mean and
+        standard error of each of ``metrics`` (default: those computed)."""
         nan = float("nan")
+        extra = {}
+        for name in metrics or self.metrics:
+            values = self.metrics.get(name)
+            extra[name] = _mean(values) if values is not None else nan
+            extra[f"{name}_sem"] = _sem(values) if values is not None else nan
         return {
             "method": self.method,
             "deletion_auc": _mean(self.deletion.auc) if self.deletion else nan,
@@ -68,6 +105,7 @@ class MethodEvaluation:
             "mosaics": len(self.pointing.scores) if self.pointing else 0,
             "randomization_spearman": self.randomization.top_layer_spearman if self.randomization else nan,
             "randomization_ssim": self.randomization.top_layer_ssim if self.randomization else nan,
+            **extra,
             "seconds": self.seconds,
             "error": self.error,
         }
@@ -108,8 +146,9 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
                      mosaics: int = 20, steps: int = 50, cascade_steps: int = 1, cascade_depth: int | None = 2,
                      randomization_images: int = 8, layer: str | None = None, batch_size: int = 32, seed: int = 0,
                      method_options: Mapping[str, Mapping] | None = None, photos: Photos | None = None,
+                     metrics: Mapping[str, Mapping] | Sequence[str] | None = None,
                      progress: bool = False) -> list[MethodEvaluation]:
-    """Deletion, insertion, grid pointing game and top-layer randomisation for each method of the catalogue.
+    """Deletion, insertion, grid pointing game, top-layer randomisation and catalogue metrics for each method.
 
     Parameters
     ----------
@@ -136,12 +175,16 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
         Options of single methods (e.g. ``{"ig": {"steps": 16}}``); each is checked by the catalogue.
     photos : Photos, optional
         Where the chosen photos are decoded (kept there for a caller that shows them); default: a new one.
+    metrics : names, or mapping of name to options, optional
+        Metrics of :data:`deepscope.evaluation.metrics.METRICS` (default :data:`TRUST_METRICS`; ``()`` for
+        none); those that score maps use the same photos, those that explain again the randomisation photos.
 
     Maps are ranked as they are displayed: channels reduced by each method's ``display.reduction``.
     """
     from tqdm.auto import tqdm
 
     extra = dict(method_options or {})
+    metrics = check_metrics(metrics)
     entries = {name: get_method(name) for name in methods}
     for name, options in extra.items():
         get_method(name).check_options(options)  # a misspelt option fails before any work
@@ -164,7 +207,8 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
         try:
             _score(evaluation, build, loaded, inputs, chosen, labelled, mosaics=mosaics, steps=steps,
                    cascade_steps=cascade_steps, cascade_depth=cascade_depth,
-                   randomization_images=randomization_images, batch_size=batch_size, seed=seed, progress=progress)
+                   randomization_images=randomization_images, batch_size=batch_size, seed=seed, metrics=metrics,
+                   progress=progress)
         except UnsupportedModelError as error:  # this method does not fit this model (or this layer)
             evaluation.error = str(error)
         evaluation.seconds = time.perf_counter() - started
@@ -174,7 +218,8 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
 
 def _score(evaluation: MethodEvaluation, build, loaded: LoadedModel, inputs: torch.Tensor, chosen: ImageSet,
            labelled: list[int], *, mosaics: int, steps: int, cascade_steps: int, cascade_depth: int | None,
-           randomization_images: int, batch_size: int, seed: int, progress: bool) -> None:
+           randomization_images: int, batch_size: int, seed: int, metrics: Mapping[str, Mapping],
+           progress: bool) -> None:
     """Fill ``evaluation`` with every metric of the method that ``build(model)`` makes."""
     method = build(loaded.model)
     reduction = method.display.reduction
@@ -194,6 +239,16 @@ def _score(evaluation: MethodEvaluation, build, loaded: LoadedModel, inputs: tor
     evaluation.randomization = cascading_randomization(
         build, loaded.model, inputs[:randomization_images], depth=cascade_depth, max_steps=cascade_steps,
         seed=seed, reduction=reduction, progress=progress)
+    offered = {"batch_size": batch_size, "seed": seed}  # as the methods are offered them
+    for name, options in metrics.items():
+        entry = METRICS[name]
+        declared = {option.name for option in entry.options}
+        options = {**{key: value for key, value in offered.items() if key in declared}, **options}
+        if entry.needs == "maps":
+            values = entry.compute(loaded.model, inputs, maps, reduction=reduction, **options)
+        else:
+            values = entry.compute(loaded.model, inputs[:randomization_images], build, reduction=reduction, **options)
+        evaluation.metrics[name] = values.detach().float().cpu()
 
 
 def table_csv(rows: Sequence[dict]) -> str:
@@ -207,11 +262,11 @@ def table_csv(rows: Sequence[dict]) -> str:
 
 def table_markdown(rows: Sequence[dict], caption: str = "") -> str:
     """The rows as a Markdown table (mean ± standard error), with the caption above."""
-    headers = [header for _, header, _ in COLUMNS]
+    headers = [header for _, header, _ in table_columns(rows)]
     lines = ([caption, ""] if caption else []) + ["| " + " | ".join(headers) + " |",
                                                    "|" + "---|" * len(headers)]
     for row in rows:
-        cells = format_row(row)
+        cells = format_row(row, rows)
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {row['method']}: {row['error']}" for row in rows if row.get("error")]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -219,17 +274,22 @@ def table_markdown(rows: Sequence[dict], caption: str = "") -> str:
 
 def table_text(rows: Sequence[dict]) -> str:
     """A plain-text table for the terminal."""
-    headers = ["method", "deletion", "insertion", "pointing", "rand. corr", "rand. SSIM", "s"]
-    body = [format_row(row) for row in rows]
+    headers = ["method", "deletion", "insertion", "pointing", "rand. corr", "rand. SSIM",
+               *[name for name in METRICS if any(name in row for row in rows)], "s"]
+    body = [format_row(row, rows) for row in rows]
     widths = [max(len(r[i]) for r in [headers] + body) for i in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [headers] + body)
 
 
-def format_row(row: dict) -> list[str]:
-    """The cells of one table row as text: mean ± standard error, n/a for missing values."""
+def format_row(row: dict, rows: Sequence[dict] = ()) -> list[str]:
+    """The cells of one table row as text: mean ± standard error, n/a for missing values; one cell for each
+    catalogue metric of ``rows`` (the whole table, so that every row has the same columns; default: ``row``)."""
+    nan = float("nan")
+    metrics = [name for name in METRICS if any(name in other for other in (rows or [row]))]
     return [row["method"], _pm(row["deletion_auc"], row["deletion_sem"]), _pm(row["insertion_auc"], row["insertion_sem"]),
             _pm(row["pointing"], row["pointing_sem"]), _number(row["randomization_spearman"]),
-            _number(row["randomization_ssim"]), f"{row['seconds']:.0f}"]
+            _number(row["randomization_ssim"]),
+            *[_pm(row.get(name, nan), row.get(f"{name}_sem", nan)) for name in metrics], f"{row['seconds']:.0f}"]
 
 
 def _number(value: float) -> str:

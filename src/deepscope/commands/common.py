@@ -53,6 +53,11 @@ def nonnegative_int(text: str) -> int:
     return _integer(text, 0, MAX_COUNT, f"an integer from 0 to {MAX_COUNT}")
 
 
+def port(text: str) -> int:
+    """A TCP port: an integer from 0 (any free port) to 65535."""
+    return _integer(text, 0, 65535, "a port from 0 (any free port) to 65535")
+
+
 def seed(text: str) -> int:
     """A random seed: an integer from 0 to :data:`MAX_SEED`."""
     return _integer(text, 0, MAX_SEED, "a seed from 0 to 2**63-1")

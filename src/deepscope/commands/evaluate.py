@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from deepscope.catalogue import method_names, parse_method_options, parse_methods
 from deepscope.commands.common import (add_images_argument, add_job_options, add_method_options, add_model_argument,
                                        add_run_options, check_job_options, check_layer_used, check_out_folder,
                                        images_from_args, model_from_args, nonnegative_int, positive_int,
-                                       report_skipped, run_store_job, seed, wrote)
-from deepscope.errors import DeepscopeError
+                                       name_list, report_skipped, run_store_job, seed, wrote)
+from deepscope.errors import DeepscopeError, did_you_mean
+from deepscope.evaluation.metrics import METRICS
+from deepscope.trust_table import TRUST_METRICS
 from deepscope.fileio import Outputs, display_path, write_text
 
 DEFAULT_METHODS = "gradient,guided,random,center"
+
+
+def metric_list(text: str) -> list[str]:
+    """``--metrics``: names of the metric catalogue, ``all`` or ``none``."""
+    names = name_list(text) if text.strip() else ["none"]
+    if names == ["none"]:
+        return []
+    if names == ["all"]:
+        return list(METRICS)
+    for name in names:
+        if name not in METRICS:
+            raise argparse.ArgumentTypeError(f"unknown metric {name!r}.{did_you_mean(name, METRICS)} "
+                                             f"Choose from: {', '.join(METRICS)}, all or none.")
+    return names
 OUTPUTS = ("evaluation.csv", "evaluation.md", "deletion_insertion.png", "randomization.png",
            "randomization_similarity.png")
 
@@ -39,6 +56,9 @@ def register(subparsers) -> None:
                         help="photos used for the sanity check (default 4)")
     parser.add_argument("--layer", default=None, help="the layer whose maps the CAM methods weight (default: the last "
                         "convolutional block); other methods do not take a layer")
+    parser.add_argument("--metrics", type=metric_list, default=None, metavar="LIST",
+                        help="catalogue metrics beside deletion, insertion, pointing game and randomisation: "
+                        f"comma-separated, all, or none (default {','.join(TRUST_METRICS)}; known: {', '.join(METRICS)})")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the image draw, mosaics and controls (default 0)")
     add_method_options(parser)
     add_run_options(parser, out="deepscope-evaluation")
@@ -60,6 +80,9 @@ def run(args) -> int:
     check_layer_used(args.layer, methods)
     check_job_options(args)
     if args.store:
+        if args.metrics is not None:
+            raise DeepscopeError("--metrics needs the table of `deepscope evaluate` without --store (a store's "
+                                 "evaluate jobs keep deletion, insertion and randomisation per photo).")
         return run_jobs(args, methods, options)
     out = check_out_folder(args)
     with Outputs([out / name for name in OUTPUTS], overwrite=args.force) as outputs:
@@ -73,6 +96,7 @@ def run(args) -> int:
         results = evaluate_methods(loaded, images, methods, images_per_class=args.images_per_class,
                                    mosaics=args.mosaics, steps=args.steps, cascade_steps=args.cascade_steps,
                                    randomization_images=args.randomization_images, layer=args.layer,
+                                   metrics=args.metrics,
                                    batch_size=args.batch_size, seed=args.seed, method_options=options, photos=photos,
                                    progress=not args.quiet)
         rows = [result.row() for result in results]

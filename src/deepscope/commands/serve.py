@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deepscope.commands.common import add_images_argument, add_model_argument, positive_int
+from deepscope.commands.common import add_images_argument, add_model_argument, images_from_args, port, positive_int
 from deepscope.errors import DeepscopeError
 
 
@@ -15,10 +15,11 @@ def register(subparsers) -> None:
     add_model_argument(parser)
     add_images_argument(parser)
     parser.add_argument("--store", default=None, metavar="DIR",
-                        help="read photos, features and top activations from a results store (not available yet)")
+                        help="serve the photos of a results store's newest complete job (`deepscope classify/"
+                        "features/... --store DIR`) when IMAGES is left out")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default 127.0.0.1; any other address requires a token)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    parser.add_argument("--port", type=port, default=8000, help="port (default 8000; 0: any free port)")
     parser.add_argument("--cache-mb", type=positive_int, default=256, metavar="MB",
                         help="memory for computed maps and views, least recently used first out (default 256)")
     parser.set_defaults(run=run)
@@ -30,21 +31,24 @@ def run(args) -> int:
     from deepscope.serve.explorer import Explorer, ServeSettings
     from deepscope.serve.server import run_server
 
-    if args.store is not None:
-        raise DeepscopeError("--store: reading a results store needs the dataset jobs (issue 14), which this "
-                             "version does not have yet; serve a folder of photos: deepscope serve MODEL FOLDER.")
-    if not 0 <= args.port <= 65535:
-        raise DeepscopeError(f"--port must be between 0 and 65535, got {args.port}.")
-    if args.images == "builtin":
-        from deepscope.sample_images import builtin_images
-
-        images = builtin_images()
+    if args.store is not None and args.images is None:
+        images = store_photos(args.store)
     else:
-        from deepscope.images import scan_images
-
-        images = scan_images(args.images)  # labels from class folders once the model's classes are known
+        images = images_from_args(args)  # labels from class folders once the model's classes are known
     settings = ServeSettings(cache_megabytes=float(args.cache_mb))
     explorer = Explorer(args.model, images, settings, device=args.device, pretrained=not args.random_weights,
                         worker_setup=lambda: torch.set_flush_denormal(True))
     run_server(explorer, args.host, args.port)
     return 0
+
+
+def store_photos(path: str):
+    """The photos of the newest complete job of the results store at ``path``."""
+    from deepscope.jobs import open_store
+
+    store = open_store(path)
+    jobs = [job for job in store.jobs if job.complete]
+    if not jobs:
+        raise DeepscopeError(f"--store {path}: no complete job to take photos from; run `deepscope classify MODEL "
+                             "IMAGES --store DIR` first, or give IMAGES.")
+    return max(jobs, key=lambda job: job.manifest.get("finished", "")).image_set()

@@ -24,6 +24,7 @@ Example
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,11 +88,14 @@ class MetricEntry:
             checked[name] = valid[name].check(self.name, value)
         return checked
 
-    def compute(self, model: nn.Module, inputs: torch.Tensor, explanation, target: Target = None,
-                **options) -> torch.Tensor:
+    def compute(self, model: nn.Module, inputs: torch.Tensor, explanation, target: Target = None, *,
+                reduction: str | None = None, **options) -> torch.Tensor:
         """(N,) values of the metric: ``explanation`` is maps (N, C, h, w) or a builder ``model -> explainer``,
-        as :attr:`needs` says."""
+        as :attr:`needs` says. ``reduction`` (a method's ``display.reduction``) is how a metric that ranks
+        pixels reduces a map's channels, so that it ranks them as they are shown; the others ignore it."""
         checked = {**self.fixed, **self.check_options(options)}
+        if reduction is not None and self.ranks_pixels:
+            checked["reduction"] = reduction
         if self.needs == "maps":
             if not isinstance(explanation, torch.Tensor):
                 raise DeepscopeError(f"{self.name} scores maps: pass the maps tensor, "
@@ -103,6 +107,16 @@ class MetricEntry:
                                      f"got {type(explanation).__name__}.")
             result = self.function(explanation, model, inputs, target, **checked)
         return self.value(result)
+
+    @property
+    def ranks_pixels(self) -> bool:
+        """Whether the metric's function reduces a map's channels (takes ``reduction``)."""
+        return "reduction" in inspect.signature(self.function).parameters
+
+    @property
+    def header(self) -> str:
+        """The metric's column header: its name and which way is better."""
+        return f"{self.name} ({self.direction} is better" + ("" if self.chance is None else f", chance {self.chance:g}") + ")"
 
     def better(self, a: float, b: float) -> bool:
         """Whether value ``a`` is better than ``b``."""

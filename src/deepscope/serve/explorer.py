@@ -303,12 +303,12 @@ class Explorer:
         cached = self.cache.get(key)
         if cached is None:
             if thumbnail:
-                from deepscope.render.features import thumbnail as make_thumbnail
-
                 from PIL import Image
 
+                from deepscope.images import load_image, thumbnail as make_thumbnail
+
                 buffer = io.BytesIO()
-                Image.fromarray(make_thumbnail(photo.path, 112)).save(buffer, format="JPEG", quality=85)
+                Image.fromarray(make_thumbnail(load_image(photo.path), 112)).save(buffer, format="JPEG", quality=85)
                 cached = buffer.getvalue()
             else:
                 cached = _jpeg(self.pixels(photo))
@@ -478,7 +478,7 @@ class Explorer:
             images = self.photos.image_set()
             cache = self.settings.feature_cache
             features = extract_features(self.loaded, images, batch_size=self.settings.batch_size, cache=cache)
-            pixels = pixel_bank(images, self.loaded.preprocess, size=64, batch_size=self.settings.batch_size,
+            pixels = pixel_bank(images, self.loaded.preprocess, size=min(64, self.loaded.preprocess.input_size), batch_size=self.settings.batch_size,
                                 cache=cache)
             banks = (features, pixels)
             self.cache.put(key, banks, _size_of(features.features) + _size_of(pixels.features))
@@ -559,14 +559,15 @@ class Explorer:
 
     # --------------------------------------------------------------------------------- trust table
     def trust_status(self) -> dict:
-        from deepscope.trust_table import COLUMNS, format_row
+        from deepscope.trust_table import TRUST_METRICS, format_row, table_columns
 
         run = self._trust
+        shape = [dict.fromkeys(TRUST_METRICS), *(run.rows if run else [])]  # every row has the table's columns
+        columns = [header for _, header, _ in table_columns(shape)]
         if run is None:
-            return {"state": "idle", "methods": method_names(), "columns": [h for _, h, _ in COLUMNS], "rows": []}
+            return {"state": "idle", "methods": method_names(), "columns": columns, "rows": []}
         return {"state": run.state, "current": run.current, "done": len(run.rows), "total": len(run.methods),
-                "methods": run.methods, "columns": [h for _, h, _ in COLUMNS],
-                "rows": [format_row(row) for row in run.rows],
+                "methods": run.methods, "columns": columns, "rows": [format_row(row, shape) for row in run.rows],
                 "notes": [f"{row['method']}: {row['error']}" for row in run.rows if row["error"]],
                 "error": run.error, "photos": len(run.photos),
                 "seconds": round(run.seconds if run.state in ("done", "failed") else time.monotonic() - run.started, 1),

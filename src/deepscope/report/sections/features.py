@@ -36,8 +36,9 @@ def features_section(ctx: ReportContext) -> Section:
     total = len(bank)
     bank = sample_bank(bank, MAX_POINTS, settings.seed)
     photos = ctx.images if len(bank) == total else ImageSet(ctx.images.root, bank.paths, bank.folders, bank.labels)
-    pixels = pixel_bank(photos, loaded.preprocess, size=PIXEL_SIZE, batch_size=settings.batch_size,
-                        cache=ctx.cache, progress=settings.progress)
+    side = min(PIXEL_SIZE, loaded.preprocess.input_size)
+    pixels = pixel_bank(photos, loaded.preprocess, size=side, batch_size=settings.batch_size, cache=ctx.cache,
+                        progress=settings.progress)
     if len(bank) < 3:
         return Section("features", "The feature space", intro,
                        [Note(f"needs at least 3 readable images, got {len(bank)}.")])
@@ -51,7 +52,7 @@ def features_section(ctx: ReportContext) -> Section:
     try:
         rows = [[f"{k}-NN accuracy (leave one out)", f"{knn_accuracy(bank, k):.1%}", f"{knn_accuracy(pixels, k):.1%}"]]
         items.append(Table(["", f"features ({bank.layer}, {bank.features.shape[1]}-d)",
-                            f"pixels ({PIXEL_SIZE}x{PIXEL_SIZE}x3)"], rows))
+                            f"pixels ({side}x{side}x3)"], rows))
     except DeepscopeError as error:
         items.append(Note(f"no kNN accuracy: {error}"))
     queries = choose_queries(bank, QUERIES)

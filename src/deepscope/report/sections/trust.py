@@ -7,7 +7,8 @@ from deepscope.catalogue import method_names
 from deepscope.render.evaluation import perturbation_curves_figure, randomization_figure
 from deepscope.render.report import data_uri, png_tensor
 from deepscope.report.base import Figure, Note, ReportContext, Section, Table, read_png
-from deepscope.trust_table import COLUMNS, MethodEvaluation, evaluate_methods, format_row, readable_selection
+from deepscope.trust_table import (TRUST_METRICS, MethodEvaluation, evaluate_methods, format_row, readable_selection,
+                                   table_columns)
 
 #: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
 #: photos in the randomisation check; photos per class folder scored (the table's cost grows with each)
@@ -15,8 +16,11 @@ STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS = 20, 8, 1, 1, 1
 
 
 INTRO = ("How faithful each saliency method is: deletion and insertion AUC (Petsiuk et al. 2018), the grid "
-         "pointing game (Böhle et al. 2022) and the sanity check by cascading model randomisation "
-         "(Adebayo et al. 2018), next to a random and a centred control map.")
+         "pointing game (Böhle et al. 2022), the sanity check by cascading model randomisation "
+         "(Adebayo et al. 2018), ROAD's gap between removing the least and the most relevant pixels (Rong et al. "
+         "2022), average drop and increase in confidence (Chattopadhay et al. 2018), infidelity and "
+         "sensitivity-max (Yeh et al. 2019) and eMPRT (Hedström et al. 2023), next to a random and a centred "
+         "control map. sensitivity-max and eMPRT explain again, on the randomisation photo.")
 
 
 def trust_section(ctx: ReportContext) -> Section:
@@ -28,13 +32,14 @@ def trust_section(ctx: ReportContext) -> Section:
     steps = settings.steps or STEPS
     options = {name: ctx.method_options(name) for name in methods}
     per_class = _photos_per_class(ctx)
-    parts = [methods, options, per_class, steps, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, settings.seed]
+    parts = [methods, options, per_class, steps, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, TRUST_METRICS,
+             settings.seed]
     key = make_key("trust", parts, ctx.model_key, ctx.images_key)
     stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, methods, steps, options, per_class),
                                       _read_trust)
     rows = stored["rows"]
-    headers = [header for _, header, _ in COLUMNS]
-    table = [format_row(row) for row in rows]
+    headers = [header for _, header, _ in table_columns(rows)]
+    table = [format_row(row, rows) for row in rows]
     items = [Table(headers, table, f"{loaded.name} on {stored['images']} photo(s), {steps} deletion/insertion steps, "
                                    f"up to {MOSAICS} pointing-game mosaics, seed {settings.seed}; mean ± standard error. "
                                    "random and center are controls: they show chance level.")]
@@ -106,7 +111,7 @@ ROW_KEYS = tuple(MethodEvaluation("").row())
 def _read_trust(stored) -> dict:
     """A cached trust table: ``{"rows": [row, ...], "images": int}`` and optionally the two figures as PNG."""
     expect_keys(stored, ("rows", "images"), "a trust entry")
-    expect(isinstance(stored["rows"], list) and all(isinstance(row, dict) and set(row) == set(ROW_KEYS)
+    expect(isinstance(stored["rows"], list) and all(isinstance(row, dict) and set(ROW_KEYS) <= set(row)
                                                     for row in stored["rows"]), "rows should be table rows")
     expect(isinstance(stored["images"], int), "images should be a count")
     for name in ("curves", "randomization"):
