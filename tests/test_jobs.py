@@ -157,10 +157,14 @@ cluster.shutdown()
 
 def test_a_ray_node_lost_mid_job_loses_and_duplicates_no_shard(in20, reference_tflite, mobilenet_v2_import, tmp_path):
     folder = linked_subset(in20, tmp_path / "photos", 12, 40)
-    done = subprocess.run([sys.executable, "-c", NODE_LOSS, str(reference_tflite), str(folder), str(tmp_path / "ray")],
-                          capture_output=True, text=True, env=ENV, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"computed"')))
+    for attempt in range(3):  # the node is removed at a moment of the job's; it must go while holding a shard
+        store = tmp_path / f"ray{attempt}"
+        done = subprocess.run([sys.executable, "-c", NODE_LOSS, str(reference_tflite), str(folder), str(store)],
+                              capture_output=True, text=True, env=ENV, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"computed"')))
+        if any("worker lost" in line for line in report["log"]):
+            break
     assert report["worker_node"] in report["actor_nodes"] and len(set(report["actor_nodes"])) == 2  # one actor a node
     assert report["removed_at"] < report["shards"] == 10
     assert any("worker lost" in line for line in report["log"]), report["log"]  # the node held a shard when it went
@@ -172,7 +176,7 @@ def test_a_ray_node_lost_mid_job_loses_and_duplicates_no_shard(in20, reference_t
                         tmp_path / "local", shard_size=4).open()
     finally:
         torch.set_num_threads(threads)
-    ray = open_store(tmp_path / "ray").jobs[0]
+    ray = open_store(store).jobs[0]
     assert ray.table("files").column("index").to_pylist() == list(range(40))
     assert ray.table("files").equals(local.table("files"))
     assert np.array_equal(ray.array("features"), local.array("features"))

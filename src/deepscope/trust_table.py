@@ -11,11 +11,12 @@ again (perturbed inputs, randomised models) on the randomisation photos. The con
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -83,6 +84,17 @@ class MethodEvaluation:
     extra: dict = field(default_factory=dict)
     #: per-image values of the catalogue metrics, by name
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: wall time of each part (the maps, each metric), seconds
+    parts: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Add the block's wall time to :attr:`parts`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - started
 
     def row(self, metrics: Sequence[str] = ()) -> dict:
         """Numbers of the table row (NaN where a metric was not computed): its own columns, then the mean and
@@ -105,6 +117,8 @@ class MethodEvaluation:
             "mosaics": len(self.pointing.scores) if self.pointing else 0,
             "randomization_spearman": self.randomization.top_layer_spearman if self.randomization else nan,
             "randomization_ssim": self.randomization.top_layer_ssim if self.randomization else nan,
+            "randomization_constant": self.randomization.top_layer_constant if self.randomization else 0,
+            "randomization_images": len(self.randomization.spearman[0]) if self.randomization else 0,
             **extra,
             "seconds": self.seconds,
             "error": self.error,
@@ -220,34 +234,43 @@ def _score(evaluation: MethodEvaluation, build, loaded: LoadedModel, inputs: tor
            labelled: list[int], *, mosaics: int, steps: int, cascade_steps: int, cascade_depth: int | None,
            randomization_images: int, batch_size: int, seed: int, metrics: Mapping[str, Mapping],
            progress: bool) -> None:
-    """Fill ``evaluation`` with every metric of the method that ``build(model)`` makes."""
+    """Fill ``evaluation`` with every metric of the method that ``build(model)`` makes; the wall time of each
+    part goes to ``evaluation.parts``."""
+    timed = evaluation.timed
     method = build(loaded.model)
     reduction = method.display.reduction
-    maps = torch.cat([method(chunk) for chunk in inputs.split(batch_size)])
+    with timed("maps"):
+        maps = torch.cat([method(chunk) for chunk in inputs.split(batch_size)])
     curve_options = {"steps": steps, "batch_size": batch_size, "progress": progress, "reduction": reduction}
-    evaluation.deletion = deletion_curve(loaded.model, inputs, maps, **curve_options)
-    evaluation.insertion = insertion_curve(loaded.model, inputs, maps, **curve_options)
+    with timed("deletion"):
+        evaluation.deletion = deletion_curve(loaded.model, inputs, maps, **curve_options)
+    with timed("insertion"):
+        evaluation.insertion = insertion_curve(loaded.model, inputs, maps, **curve_options)
     if len(labelled) >= 4 and mosaics > 0:
         index = torch.tensor(labelled, device=inputs.device)
         try:
-            evaluation.pointing = grid_pointing_game(
-                method, loaded.model, inputs[index], [chosen.labels[i] for i in labelled], mosaics=mosaics,
-                seed=seed, batch_size=max(1, batch_size // 4), reduction=reduction,
-                progress=progress)  # 4x the pixels per input
+            with timed("pointing"):
+                evaluation.pointing = grid_pointing_game(
+                    method, loaded.model, inputs[index], [chosen.labels[i] for i in labelled], mosaics=mosaics,
+                    seed=seed, batch_size=max(1, batch_size // 4), reduction=reduction,
+                    progress=progress)  # 4x the pixels per input
         except DeepscopeError as error:  # too few correct photos, or a fixed-size model
             evaluation.error = f"pointing game: {error}"
-    evaluation.randomization = cascading_randomization(
-        build, loaded.model, inputs[:randomization_images], depth=cascade_depth, max_steps=cascade_steps,
-        seed=seed, reduction=reduction, progress=progress)
+    with timed("randomization"):
+        evaluation.randomization = cascading_randomization(
+            build, loaded.model, inputs[:randomization_images], depth=cascade_depth, max_steps=cascade_steps,
+            seed=seed, reduction=reduction, progress=progress)
     offered = {"batch_size": batch_size, "seed": seed}  # as the methods are offered them
     for name, options in metrics.items():
         entry = METRICS[name]
         declared = {option.name for option in entry.options}
         options = {**{key: value for key, value in offered.items() if key in declared}, **options}
-        if entry.needs == "maps":
-            values = entry.compute(loaded.model, inputs, maps, reduction=reduction, **options)
-        else:
-            values = entry.compute(loaded.model, inputs[:randomization_images], build, reduction=reduction, **options)
+        with timed(name):
+            if entry.needs == "maps":
+                values = entry.compute(loaded.model, inputs, maps, reduction=reduction, **options)
+            else:
+                values = entry.compute(loaded.model, inputs[:randomization_images], build, reduction=reduction,
+                                       **options)
         evaluation.metrics[name] = values.detach().float().cpu()
 
 
@@ -287,9 +310,18 @@ def format_row(row: dict, rows: Sequence[dict] = ()) -> list[str]:
     nan = float("nan")
     metrics = [name for name in METRICS if any(name in other for other in (rows or [row]))]
     return [row["method"], _pm(row["deletion_auc"], row["deletion_sem"]), _pm(row["insertion_auc"], row["insertion_sem"]),
-            _pm(row["pointing"], row["pointing_sem"]), _number(row["randomization_spearman"]),
-            _number(row["randomization_ssim"]),
+            _pm(row["pointing"], row["pointing_sem"]), _randomized(row, "randomization_spearman"),
+            _randomized(row, "randomization_ssim"),
             *[_pm(row.get(name, nan), row.get(f"{name}_sem", nan)) for name in metrics], f"{row['seconds']:.0f}"]
+
+
+def _randomized(row: dict, key: str) -> str:
+    """A randomisation figure; where every map became constant (no ranks left to correlate), says so."""
+    constant, images = row.get("randomization_constant", 0), row.get("randomization_images", 0)
+    if math.isnan(row[key]) and constant:
+        return f"constant ({constant}/{images} maps)"
+    text = _number(row[key])
+    return f"{text} ({constant}/{images} constant)" if constant else text
 
 
 def _number(value: float) -> str:
