@@ -160,7 +160,7 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
                      mosaics: int = 20, steps: int = 50, cascade_steps: int = 1, cascade_depth: int | None = 2,
                      randomization_images: int = 8, layer: str | None = None, batch_size: int = 32, seed: int = 0,
                      method_options: Mapping[str, Mapping] | None = None, photos: Photos | None = None,
-                     metrics: Mapping[str, Mapping] | Sequence[str] | None = None,
+                     metrics: Mapping[str, Mapping] | Sequence[str] | None = None, metric_images: int | None = None,
                      progress: bool = False) -> list[MethodEvaluation]:
     """Deletion, insertion, grid pointing game, top-layer randomisation and catalogue metrics for each method.
 
@@ -191,7 +191,8 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
         Where the chosen photos are decoded (kept there for a caller that shows them); default: a new one.
     metrics : names, or mapping of name to options, optional
         Metrics of :data:`deepscope.evaluation.metrics.METRICS` (default :data:`TRUST_METRICS`; ``()`` for
-        none); those that score maps use the same photos, those that explain again the randomisation photos.
+        none); those that score maps use the first ``metric_images`` photos (default: all), those that explain
+        again the randomisation photos.
 
     Maps are ranked as they are displayed: channels reduced by each method's ``display.reduction``.
     """
@@ -222,7 +223,7 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
             _score(evaluation, build, loaded, inputs, chosen, labelled, mosaics=mosaics, steps=steps,
                    cascade_steps=cascade_steps, cascade_depth=cascade_depth,
                    randomization_images=randomization_images, batch_size=batch_size, seed=seed, metrics=metrics,
-                   progress=progress)
+                   metric_images=metric_images or len(inputs), progress=progress)
         except UnsupportedModelError as error:  # this method does not fit this model (or this layer)
             evaluation.error = str(error)
         evaluation.seconds = time.perf_counter() - started
@@ -233,7 +234,7 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
 def _score(evaluation: MethodEvaluation, build, loaded: LoadedModel, inputs: torch.Tensor, chosen: ImageSet,
            labelled: list[int], *, mosaics: int, steps: int, cascade_steps: int, cascade_depth: int | None,
            randomization_images: int, batch_size: int, seed: int, metrics: Mapping[str, Mapping],
-           progress: bool) -> None:
+           metric_images: int, progress: bool) -> None:
     """Fill ``evaluation`` with every metric of the method that ``build(model)`` makes; the wall time of each
     part goes to ``evaluation.parts``."""
     timed = evaluation.timed
@@ -267,7 +268,8 @@ def _score(evaluation: MethodEvaluation, build, loaded: LoadedModel, inputs: tor
         options = {**{key: value for key, value in offered.items() if key in declared}, **options}
         with timed(name):
             if entry.needs == "maps":
-                values = entry.compute(loaded.model, inputs, maps, reduction=reduction, **options)
+                values = entry.compute(loaded.model, inputs[:metric_images], maps[:metric_images],
+                                       reduction=reduction, **options)
             else:
                 values = entry.compute(loaded.model, inputs[:randomization_images], build, reduction=reduction,
                                        **options)

@@ -11,8 +11,11 @@ from deepscope.trust_table import (TRUST_METRICS, MethodEvaluation, evaluate_met
                                    table_columns)
 
 #: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
-#: photos in the randomisation check; photos per class folder scored (the table's cost grows with each)
-STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS = 20, 8, 1, 1, 1
+#: photos in the randomisation check (and the metrics that explain again); photos per class folder scored;
+#: photos the other catalogue metrics score (the table's cost grows with each)
+STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS, METRIC_IMAGES = 20, 8, 1, 1, 1, 4
+#: pointing-game mosaics of the methods whose cost grows with the pixels (a mosaic has four photos' pixels)
+COSTLY_MOSAICS, COSTLY = 2, ("windows", "masks", "channels")
 
 
 INTRO = ("How faithful each saliency method is: deletion and insertion AUC (Petsiuk et al. 2018), the grid "
@@ -32,8 +35,8 @@ def trust_section(ctx: ReportContext) -> Section:
     steps = settings.steps or STEPS
     options = {name: ctx.method_options(name) for name in methods}
     per_class = _photos_per_class(ctx)
-    parts = [methods, options, per_class, steps, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, TRUST_METRICS,
-             settings.seed]
+    parts = [methods, options, per_class, steps, MOSAICS, COSTLY_MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES,
+             TRUST_METRICS, METRIC_IMAGES, settings.seed]
     key = make_key("trust", parts, ctx.model_key, ctx.images_key)
     stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, methods, steps, options, per_class),
                                       _read_trust)
@@ -41,8 +44,11 @@ def trust_section(ctx: ReportContext) -> Section:
     headers = [header for _, header, _ in table_columns(rows)]
     table = [format_row(row, rows) for row in rows]
     items = [Table(headers, table, f"{loaded.name} on {stored['images']} photo(s), {steps} deletion/insertion steps, "
-                                   f"up to {MOSAICS} pointing-game mosaics, seed {settings.seed}; mean ± standard error. "
-                                   "random and center are controls: they show chance level.")]
+                                   f"up to {MOSAICS} pointing-game mosaics ({COSTLY_MOSAICS} for the methods that cost a pass per "
+                                   f"window, mask or channel), {min(METRIC_IMAGES, stored['images'])} photo(s) for "
+                                   f"ROAD, infidelity and average drop/increase, {RANDOMIZATION_IMAGES} for the "
+                                   f"randomisation, sensitivity-max and eMPRT, seed {settings.seed}; mean ± standard "
+                                   "error. random and center are controls: they show chance level.")]
     items += [Note(f"{row['method']}: {row['error']}") for row in rows if row["error"]]
     quick = ", ".join(f"{name} {', '.join(f'{k}={v}' for k, v in opts.items())}" for name, opts in options.items() if opts)
     if quick:
@@ -89,11 +95,20 @@ def _photos_per_class(ctx: ReportContext) -> int:
 
 
 def _evaluate(ctx: ReportContext, methods: list[str], steps: int, options: dict, per_class: int) -> dict:
+    from deepscope.catalogue import get_method
+
     loaded, settings = ctx.loaded, ctx.settings
-    results = evaluate_methods(loaded, ctx.images, methods, images_per_class=per_class, mosaics=MOSAICS,
-                               steps=steps, cascade_steps=CASCADE_STEPS, randomization_images=RANDOMIZATION_IMAGES,
-                               batch_size=settings.batch_size, seed=settings.seed, method_options=options,
-                               photos=ctx.photos, progress=settings.progress)
+    results = {}
+    for costly in (False, True):  # the costly methods score fewer mosaics
+        chosen = [name for name in methods if (get_method(name).cost in COSTLY) == costly]
+        if chosen:
+            found = evaluate_methods(
+                loaded, ctx.images, chosen, images_per_class=per_class, mosaics=COSTLY_MOSAICS if costly else MOSAICS,
+                steps=steps, cascade_steps=CASCADE_STEPS, randomization_images=RANDOMIZATION_IMAGES,
+                batch_size=settings.batch_size, seed=settings.seed, method_options=options, photos=ctx.photos,
+                metric_images=METRIC_IMAGES, progress=settings.progress)
+            results.update((result.method, result) for result in found)
+    results = [results[name] for name in methods]
     done = [r for r in results if r.deletion is not None]
     stored = {"rows": [r.row() for r in results], "images": len(done[0].deletion.auc) if done else 0}
     if done:
