@@ -15,7 +15,7 @@ from deepscope.trust_table import (TRUST_METRICS, MethodEvaluation, evaluate_met
 #: photos the other catalogue metrics score (the table's cost grows with each)
 STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS, METRIC_IMAGES = 20, 8, 1, 1, 1, 4
 #: pointing-game mosaics of the methods whose cost grows with the pixels (a mosaic has four photos' pixels)
-COSTLY_MOSAICS, COSTLY = 2, ("windows", "masks", "channels")
+COSTLY_MOSAICS, COSTLY = 2, ("windows", "masks", "channels", "passes")
 
 
 INTRO = ("How faithful each saliency method is: deletion and insertion AUC (Petsiuk et al. 2018), the grid "
@@ -44,8 +44,9 @@ def trust_section(ctx: ReportContext) -> Section:
     headers = [header for _, header, _ in table_columns(rows)]
     table = [format_row(row, rows) for row in rows]
     items = [Table(headers, table, f"{loaded.name} on {stored['images']} photo(s), {steps} deletion/insertion steps, "
-                                   f"up to {MOSAICS} pointing-game mosaics ({COSTLY_MOSAICS} for the methods that cost a pass per "
-                                   f"window, mask or channel), {min(METRIC_IMAGES, stored['images'])} photo(s) for "
+                                   f"up to {MOSAICS} pointing-game mosaics ({COSTLY_MOSAICS} for the methods that "
+                                   "cost many passes: per window, mask, channel or step), "
+                                   f"{min(METRIC_IMAGES, stored['images'])} photo(s) for "
                                    f"ROAD, infidelity and average drop/increase, {RANDOMIZATION_IMAGES} for the "
                                    f"randomisation, sensitivity-max and eMPRT, seed {settings.seed}; mean ± standard "
                                    "error. random and center are controls: they show chance level.")]
