@@ -90,8 +90,8 @@ def store_images(store, loaded):
     from deepscope.errors import DeepscopeError
     from deepscope.jobs.store import digests
 
-    jobs = [job for job in store.jobs if job.complete and job.model_digest == digests(loaded)[0]]
-    if not jobs:
+    job = store.newest(digests(loaded)[0])
+    if job is None:
         raise DeepscopeError(f"--store {store.root}: no complete job for {loaded.name} (with these weights); run "
                              "`deepscope classify MODEL IMAGES --store DIR` first, or pass --images.")
-    return max(jobs, key=lambda job: job.manifest.get("finished", "")).image_set()
+    return job.image_set()

@@ -46,9 +46,8 @@ def store_photos(path: str):
     """The photos of the newest complete job of the results store at ``path``."""
     from deepscope.jobs import open_store
 
-    store = open_store(path)
-    jobs = [job for job in store.jobs if job.complete]
-    if not jobs:
+    job = open_store(path).newest()
+    if job is None:
         raise DeepscopeError(f"--store {path}: no complete job to take photos from; run `deepscope classify MODEL "
                              "IMAGES --store DIR` first, or give IMAGES.")
-    return max(jobs, key=lambda job: job.manifest.get("finished", "")).image_set()
+    return job.image_set()

@@ -498,6 +498,12 @@ class Store:
                  and all(job.settings.get(k) == v for k, v in settings.items())]
         return sorted(found, key=lambda job: job.manifest.get("finished", ""), reverse=True)
 
+    def newest(self, model_digest: str | None = None) -> StoredJob | None:
+        """The newest complete job of any kind (for the model with ``model_digest``); None if there is none."""
+        found = [job for job in self.jobs if job.complete
+                 and (model_digest is None or job.model_digest == model_digest)]
+        return max(found, key=lambda job: job.manifest.get("finished", ""), default=None)
+
 
 def open_store(path: str | Path, verify: bool = True) -> Store:
     """Open a results store (or one job folder) for reading; see :class:`Store` and :class:`StoredJob`."""
