@@ -3,8 +3,8 @@
     nice python bench/bench_trust_section.py [METHOD,METHOD,...]
 
 Runs :func:`deepscope.trust_table.evaluate_methods` with the report's settings (one photo per class, its steps,
-mosaics, catalogue metrics and photo counts; the quick method options), one method at a time, and prints each
-method's seconds split into its parts (maps, deletion, insertion, pointing game, randomisation, each catalogue
+catalogue metrics and photo counts, each cost class's share of photos and mosaics, the quick method options),
+one method at a time, and prints each method's seconds split into its parts (maps, deletion, insertion, pointing game, randomisation, each catalogue
 metric) as it finishes, then the table, the total and the peak RSS. The process keeps freed memory and flushes
 denormals, as the CLI does.
 """
@@ -23,6 +23,7 @@ from deepscope.catalogue import QUICK_METHOD_OPTIONS, get_method, method_names
 from deepscope.cli import keep_freed_memory
 from deepscope.images import scan_images
 from deepscope.models.zoo import load_model
+from deepscope.report.base import cost_share
 from deepscope.report.sections import trust
 from deepscope.trust_table import evaluate_methods, table_text
 
@@ -37,10 +38,13 @@ def main() -> None:
     methods = sys.argv[1].split(",") if len(sys.argv) > 1 else method_names()
     started, results, parts = time.perf_counter(), [], {}
     for name in methods:
-        costly = get_method(name).cost in trust.COSTLY
+        share = cost_share(name)
+        if share.trust == 0:
+            print(f"{name:15s} not scored in the report ({get_method(name).cost})", flush=True)
+            continue
         result, = evaluate_methods(
-            loaded, images, [name], images_per_class=trust.PER_CLASS,
-            mosaics=trust.COSTLY_MOSAICS if costly else trust.MOSAICS, steps=trust.STEPS,
+            loaded, images, [name], images_per_class=trust.PER_CLASS, max_images=share.trust,
+            mosaics=share.mosaics, steps=trust.STEPS,
             cascade_steps=trust.CASCADE_STEPS, randomization_images=trust.RANDOMIZATION_IMAGES,
             metric_images=trust.METRIC_IMAGES, batch_size=32, seed=0,
             method_options={name: QUICK_METHOD_OPTIONS.get(name, {})})

@@ -1,5 +1,6 @@
 """Faithfulness metrics: known answers on hand-built models, invariants, and the user's model left as it was."""
 
+import csv
 import warnings
 
 import pytest
@@ -272,7 +273,7 @@ def test_evaluate_command_writes_the_table_and_figures(colour_photos, tmp_path, 
     rows = (out / "evaluation.csv").read_text().splitlines()
     assert rows[0].startswith("method,deletion_auc") and [r.split(",")[0] for r in rows[1:]] == ["gradient", "random", "center"]
     # the gradient of a model of channel means is the same everywhere: the pointing game's chance level
-    pointing = [float(r.split(",")[5]) for r in rows[1:]]
+    pointing = [float(row["pointing"]) for row in csv.DictReader(rows)]
     assert pointing == pytest.approx([0.25, 0.25, 0.25], abs=0.02)
     assert "| gradient |" in (out / "evaluation.md").read_text()
     for name in ("deletion_insertion.png", "randomization.png", "randomization_similarity.png"):

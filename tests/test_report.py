@@ -20,11 +20,12 @@ from deepscope.catalogue import METHODS, MethodEntry
 from deepscope.cli import main
 from deepscope.errors import DeepscopeError, UnsupportedModelError
 from deepscope.fileio import OutputExistsError
-from deepscope.images import scan_images
+from deepscope.images import evenly_spaced, scan_images
 from deepscope.models.classes import ClassList
 from deepscope.models.preprocess import Preprocess
 from deepscope.models.zoo import LoadedModel
 from deepscope.report import Cache, ReportContext, ReportSettings, parse_sections, write_report
+from deepscope.report.base import COST_SHARES, SaliencyCard, cost_share
 from deepscope.report.sections import SECTIONS
 from deepscope.report.sections.saliency import gallery_methods
 
@@ -207,7 +208,9 @@ def test_a_rerun_reads_maps_from_the_cache(tmp_path, tiny_cnn, photo_folder):
     assert cache.misses > 0 and cache.hits == 0
     again = Cache(tmp_path / "cache")
     second = write_report(_context(loaded, photo_folder, again), tmp_path / "b", "saliency").read_text(encoding="utf-8")
-    assert again.misses == 0 and again.hits == 1 + len(gallery_methods()) * 4  # predictions + every map
+    shown = sum(len(evenly_spaced(4, cost_share(name).gallery)) for name in gallery_methods())
+    assert shown < len(gallery_methods()) * 4  # RISE's share is 2 of the 4 photos
+    assert again.misses == 0 and again.hits == 1 + shown  # predictions + every map computed
     assert _data_uris(first) == _data_uris(second)
     # another image content or other weights: new keys
     _photo(photo_folder / "hen" / "hen_0.png", seed=99)
@@ -220,6 +223,30 @@ def test_a_rerun_reads_maps_from_the_cache(tmp_path, tiny_cnn, photo_folder):
     assert model_digest(loaded) != digest
     tiny_cnn[-1].weight.data.copy_(weight)  # invisible to the tensor's version counter, seen all the same
     assert model_digest(loaded) == digest
+
+
+def test_costly_methods_get_their_share_of_the_photos(tmp_path, tiny_cnn, photo_folder):
+    from deepscope.catalogue import COSTS
+
+    assert set(COST_SHARES) == set(COSTS)  # every cost class has a share
+    section = SECTIONS["saliency"](_context(_loaded(tiny_cnn), photo_folder))
+    cards = [item for item in section.items if isinstance(item, SaliencyCard)]
+    computed = {layer.method: [] for layer in cards[0].layers}
+    for card in cards:
+        for layer in card.layers:
+            computed[layer.method].append(layer.src is not None)
+            assert (layer.src is None) == layer.note.startswith("not computed for this photo")
+    assert computed.pop("rise") == [True, False, True, False]  # its share: 2 of the 4 samples, spread
+    assert all(all(flags) for flags in computed.values())
+    legend = section.items[0].rows
+    assert [row[-1] for row in legend if row[0] == "rise"] == ["2 of 4"] and legend[0][-1] == "all"
+
+
+def test_evenly_spaced():
+    assert evenly_spaced(40, 8) == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert evenly_spaced(4, 2) == [0, 2]
+    assert evenly_spaced(3, None) == evenly_spaced(3, 7) == [0, 1, 2]
+    assert evenly_spaced(5, 0) == []
 
 
 def test_damaged_cache_entry_is_recomputed(tmp_path):

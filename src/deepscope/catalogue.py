@@ -64,6 +64,9 @@ COSTS = {
 QUICK_METHOD_OPTIONS = {"occlusion": {"window": 32, "stride": 24}, "scorecam": {"max_channels": 64},
                         "smoothgrad": {"n": 12}, "vargrad": {"n": 12}, "ig": {"steps": 16},
                         "gradientshap": {"n": 16}, "rise": {"n": 1000}}
+#: images per attribution call where a caller explains many (the report, the trust table): bounds the memory of
+#: a backward pass (a method batches its own work inside)
+ATTRIBUTION_CHUNK = 8
 #: settings that are passed to the methods that use them and change no map (see the module docstring)
 RUN_SETTINGS = ("preprocess", "progress")
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a name"}

@@ -181,6 +181,14 @@ def draw_per_group(groups: Sequence[tuple[int, Hashable]], per_group: int, seed:
     return chosen if limit is None else chosen[:limit]
 
 
+def evenly_spaced(count: int, k: int | None) -> list[int]:
+    """``k`` positions spread evenly over ``range(count)``, the first included (all of them when ``k`` is None or
+    at least ``count``): a share of a per-class selection that still covers its classes."""
+    if k is None or k >= count:
+        return list(range(count))
+    return [i * count // k for i in range(max(k, 0))]
+
+
 def scan_images(root: str | Path, classes: ClassList | None = None) -> ImageSet:
     """List the images under ``root``: a single file, a flat folder, or one sub-folder per class.
 

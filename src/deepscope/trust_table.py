@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from deepscope.catalogue import build_method, get_method
+from deepscope.catalogue import ATTRIBUTION_CHUNK, build_method, get_method
 from deepscope.errors import DeepscopeError, ImageError, UnsupportedModelError
 from deepscope.fileio import display_path
 from deepscope.evaluation.deletion_insertion import PerturbationCurve, deletion_curve, insertion_curve
 from deepscope.evaluation.metrics import METRICS, get_metric
 from deepscope.evaluation.pointing_game import PointingResult, grid_pointing_game
 from deepscope.evaluation.randomization import RandomizationResult, cascading_randomization
-from deepscope.images import ImageSet, Photos, draw_per_group
+from deepscope.images import ImageSet, Photos, draw_per_group, evenly_spaced
 from deepscope.models.zoo import LoadedModel
 from deepscope.probe import model_device
 
@@ -41,6 +41,7 @@ COLUMNS = (
     ("randomization_spearman", "rank corr. after top-layer randomisation (lower passes)",
      "Spearman of |maps|, mean over images"),
     ("randomization_ssim", "SSIM after top-layer randomisation", "mean over images"),
+    ("images", "photos", "photos scored by deletion and insertion"),
     ("seconds", "seconds", "wall time for this method's row"),
 )
 #: metrics of the catalogue that the table shows besides its own columns, with the options it runs them at
@@ -111,6 +112,7 @@ class MethodEvaluation:
             "deletion_sem": _sem(self.deletion.auc) if self.deletion else nan,
             "insertion_auc": _mean(self.insertion.auc) if self.insertion else nan,
             "insertion_sem": _sem(self.insertion.auc) if self.insertion else nan,
+            "images": len(self.deletion.auc) if self.deletion else 0,
             "pointing": self.pointing.mean if self.pointing else nan,
             "pointing_sem": self.pointing.sem if self.pointing else nan,
             "pointing_std": self.pointing.std if self.pointing else nan,
@@ -161,7 +163,7 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
                      randomization_images: int = 8, layer: str | None = None, batch_size: int = 32, seed: int = 0,
                      method_options: Mapping[str, Mapping] | None = None, photos: Photos | None = None,
                      metrics: Mapping[str, Mapping] | Sequence[str] | None = None, metric_images: int | None = None,
-                     progress: bool = False) -> list[MethodEvaluation]:
+                     max_images: int | None = None, progress: bool = False) -> list[MethodEvaluation]:
     """Deletion, insertion, grid pointing game, top-layer randomisation and catalogue metrics for each method.
 
     Parameters
@@ -193,6 +195,8 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
         Metrics of :data:`deepscope.evaluation.metrics.METRICS` (default :data:`TRUST_METRICS`; ``()`` for
         none); those that score maps use the first ``metric_images`` photos (default: all), those that explain
         again the randomisation photos.
+    max_images : int, optional
+        Score at most this many of the drawn photos, spread evenly over them (so over the classes).
 
     Maps are ranked as they are displayed: channels reduced by each method's ``display.reduction``.
     """
@@ -208,6 +212,7 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
     if photos.preprocess != loaded.preprocess:
         raise DeepscopeError("photos: crop the photos with the model's preprocessing (Photos(loaded.preprocess)).")
     chosen = readable_selection(images, images_per_class, seed, photos)
+    chosen = chosen.subset(evenly_spaced(len(chosen), max_images))
     inputs = loaded.preprocess.normalize(photos.crops(chosen.paths)).to(device)
     labelled = [i for i, label in enumerate(chosen.labels) if label is not None]
     results = []
@@ -241,7 +246,7 @@ def _score(evaluation: MethodEvaluation, build, loaded: LoadedModel, inputs: tor
     method = build(loaded.model)
     reduction = method.display.reduction
     with timed("maps"):
-        maps = torch.cat([method(chunk) for chunk in inputs.split(batch_size)])
+        maps = torch.cat([method(chunk) for chunk in inputs.split(ATTRIBUTION_CHUNK)])
     curve_options = {"steps": steps, "batch_size": batch_size, "progress": progress, "reduction": reduction}
     with timed("deletion"):
         evaluation.deletion = deletion_curve(loaded.model, inputs, maps, **curve_options)
@@ -253,7 +258,7 @@ def _score(evaluation: MethodEvaluation, build, loaded: LoadedModel, inputs: tor
             with timed("pointing"):
                 evaluation.pointing = grid_pointing_game(
                     method, loaded.model, inputs[index], [chosen.labels[i] for i in labelled], mosaics=mosaics,
-                    seed=seed, batch_size=max(1, batch_size // 4), reduction=reduction,
+                    seed=seed, batch_size=max(1, ATTRIBUTION_CHUNK // 4), reduction=reduction,
                     progress=progress)  # 4x the pixels per input
         except DeepscopeError as error:  # too few correct photos, or a fixed-size model
             evaluation.error = f"pointing game: {error}"
@@ -300,7 +305,7 @@ def table_markdown(rows: Sequence[dict], caption: str = "") -> str:
 def table_text(rows: Sequence[dict]) -> str:
     """A plain-text table for the terminal."""
     headers = ["method", "deletion", "insertion", "pointing", "rand. corr", "rand. SSIM",
-               *[name for name in METRICS if any(name in row for row in rows)], "s"]
+               *[name for name in METRICS if any(name in row for row in rows)], "photos", "s"]
     body = [format_row(row, rows) for row in rows]
     widths = [max(len(r[i]) for r in [headers] + body) for i in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [headers] + body)
@@ -314,7 +319,8 @@ def format_row(row: dict, rows: Sequence[dict] = ()) -> list[str]:
     return [row["method"], _pm(row["deletion_auc"], row["deletion_sem"]), _pm(row["insertion_auc"], row["insertion_sem"]),
             _pm(row["pointing"], row["pointing_sem"]), _randomized(row, "randomization_spearman"),
             _randomized(row, "randomization_ssim"),
-            *[_pm(row.get(name, nan), row.get(f"{name}_sem", nan)) for name in metrics], f"{row['seconds']:.0f}"]
+            *[_pm(row.get(name, nan), row.get(f"{name}_sem", nan)) for name in metrics], f"{row.get('images', 0)}",
+            f"{row['seconds']:.0f}"]
 
 
 def _randomized(row: dict, key: str) -> str:

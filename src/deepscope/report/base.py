@@ -75,6 +75,41 @@ class ReportSettings:
         return rows + ([("method options", options)] if options else [])
 
 
+@dataclass(frozen=True)
+class CostShare:
+    """The share of the report's photos on which a method of one cost class (the catalogue's ``cost``) runs.
+
+    A map that costs a forward pass per step, channel, window or mask costs tens to thousands of passes, so
+    the report shows and scores those methods on fewer photos, spread over the classes, and says so on the
+    page; ``deepscope explain``, ``deepscope evaluate`` and the explorer compute any method on any photo.
+
+    Attributes
+    ----------
+    gallery : int or None
+        Sample photos of the saliency gallery with a map of the method (None: every sample).
+    trust : int or None
+        Photos the trust table scores it on, out of one per class (None: all of them; 0: not scored).
+    mosaics : int
+        Pointing-game mosaics in the trust table (each has four photos' pixels).
+    """
+
+    gallery: int | None
+    trust: int | None
+    mosaics: int
+
+
+#: the report's share of photos per cost class: what keeps the report over 20 classes within minutes on a
+#: 2-core CPU (the README gives the measured times)
+COST_SHARES = {"free": CostShare(None, None, 8), "one pass": CostShare(None, None, 8),
+               "passes": CostShare(8, 8, 2), "channels": CostShare(8, 8, 2), "windows": CostShare(8, 8, 2),
+               "masks": CostShare(2, 0, 0)}
+
+
+def cost_share(method: str) -> CostShare:
+    """The report's :class:`CostShare` for catalogue method ``method``."""
+    return COST_SHARES[get_method(method).cost]
+
+
 # ----------------------------------------------------------------------------------------------- items
 @dataclass
 class Item:

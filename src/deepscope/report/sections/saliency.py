@@ -1,7 +1,8 @@
 """Section "saliency": every registered attribution method over sample images of each class.
 
 The methods are those of the catalogue (:data:`deepscope.catalogue.METHODS`) when the report runs, so a
-method added there appears without changes here. A method that raises
+method added there appears without changes here. The costly ones (many passes per map) are computed on
+their :class:`~deepscope.report.base.CostShare` of the samples; the other cards say so. A method that raises
 :class:`~deepscope.errors.UnsupportedModelError` for this model is listed as not applicable, with
 its reason. Maps are cached per (model, method and options, image content, target).
 """
@@ -12,14 +13,12 @@ import torch
 from tqdm.auto import tqdm
 
 from deepscope.cache import expect, expect_keys, expect_tensor, file_digest, make_key
-from deepscope.catalogue import get_method, method_names
+from deepscope.catalogue import ATTRIBUTION_CHUNK, COSTS, get_method, method_names
 from deepscope.errors import DeepscopeError, UnsupportedModelError
 from deepscope.maps import Display, display_maps
 from deepscope.render.report import heatmap_layer_uri, photo_uri
-from deepscope.report.base import MapLayer, ReportContext, SaliencyCard, Section, Table
-
-#: images per attribution call: bounds the memory of a backward pass (a method batches its own work inside)
-CHUNK = 8
+from deepscope.images import evenly_spaced
+from deepscope.report.base import MapLayer, ReportContext, SaliencyCard, Section, Table, cost_share
 
 
 def saliency_section(ctx: ReportContext) -> Section:
@@ -47,8 +46,9 @@ def saliency_section(ctx: ReportContext) -> Section:
         cards.append(SaliencyCard(title=path.name, photo=photo_uri(pixels[row]),
                                   target=f"{ctx.class_name(cls)} ({prob:.0%})", details=details,
                                   layers=[layers[name][row] for name in names]))
-    legend = Table(["method", "what the map shows", "paper", "settings here"],
-                   [[name, get_method(name).summary, get_method(name).paper, settings_used[name]] for name in names])
+    legend = Table(["method", "what the map shows", "paper", "settings here", "photos"],
+                   [[name, get_method(name).summary, get_method(name).paper, settings_used[name],
+                     _shown(layers[name])] for name in names])
     return Section("saliency", "Saliency gallery",
                    "Which pixels drive the prediction: each map explains the predicted class of its image "
                    "(gradient saliency after Simonyan, Vedaldi & Zisserman 2014, and the methods listed below). "
@@ -61,10 +61,16 @@ def gallery_methods() -> list[str]:
     return method_names(controls=False)
 
 
+def _shown(layers: list[MapLayer]) -> str:
+    """"all" or "k of n": the sample photos with a map of the method."""
+    count = sum(layer.src is not None for layer in layers)
+    return "all" if count == len(layers) else f"{count} of {len(layers)}"
+
+
 def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: torch.Tensor,
                    targets: torch.Tensor, bar) -> tuple[list[MapLayer], str]:
     """One layer per sample image for method ``name`` (from an explain job in the store, the cache, computed,
-    or a not-applicable note) and the method's settings."""
+    or a note: not applicable, or not among the method's share of the photos) and the method's settings."""
     job = ctx.stored_job("explain", method=name, target="pred", size=int(pixels.shape[-1]))
     if job is not None:
         display = Display(job.summary["reduction"], job.summary["signed"])
@@ -83,11 +89,13 @@ def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: to
     size = tuple(pixels.shape[-2:])
     keys = [make_key("saliency", ctx.model_key, name, repr(method), file_digest(ctx.images.paths[i]), int(target), size)
             for i, target in zip(samples, targets)]
-    stored = [ctx.cache.load("maps", key, lambda entry: _read_map(entry, size)) for key in keys]
-    todo = [row for row, entry in enumerate(stored) if entry is None]
+    share = evenly_spaced(len(samples), cost_share(name).gallery)
+    stored = [ctx.cache.load("maps", keys[row], lambda entry: _read_map(entry, size)) if row in share else None
+              for row in range(len(samples))]
+    todo = [row for row in share if stored[row] is None]
     bar.update(len(samples) - len(todo))
-    for start in range(0, len(todo), CHUNK):
-        rows = todo[start:start + CHUNK]
+    for start in range(0, len(todo), ATTRIBUTION_CHUNK):
+        rows = todo[start:start + ATTRIBUTION_CHUNK]
         inputs = ctx.loaded.preprocess.normalize(pixels[rows]).to(ctx.device)
         try:
             raw = method.attribute(inputs, target=targets[rows].to(ctx.device))
@@ -102,8 +110,11 @@ def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: to
             stored[row] = {"map": maps[j].to(torch.float16), "signed": method.display.signed}
             ctx.cache.save("maps", keys[row], stored[row])
         bar.update(len(rows))
+    skipped = MapLayer(name, note=f"not computed for this photo: a {name} map costs {COSTS[get_method(name).cost]}, "
+                                  f"so the report computes it for {len(share)} of the {len(samples)} photos; "
+                                  "`deepscope explain` or the explorer (`deepscope serve`) computes it for any photo")
     return [MapLayer(name, src=heatmap_layer_uri(entry["map"].float(), entry["signed"]), signed=entry["signed"])
-            for entry in stored], shown
+            if entry is not None else skipped for entry in stored], shown
 
 
 def _read_map(entry, size: tuple[int, int]) -> dict:

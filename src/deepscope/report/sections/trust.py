@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from deepscope.cache import expect, expect_keys, make_key
-from deepscope.catalogue import method_names
+from deepscope.catalogue import COSTS, get_method, method_names
 from deepscope.render.evaluation import perturbation_curves_figure, randomization_figure
 from deepscope.render.report import data_uri, png_tensor
-from deepscope.report.base import Figure, Note, ReportContext, Section, Table, read_png
+from deepscope.report.base import COST_SHARES, Figure, Note, ReportContext, Section, Table, cost_share, read_png
 from deepscope.trust_table import (TRUST_METRICS, MethodEvaluation, evaluate_methods, format_row, readable_selection,
                                    table_columns)
 
-#: deletion/insertion steps unless --steps says; pointing-game mosaics; blocks randomised for the figure;
-#: photos in the randomisation check (and the metrics that explain again); photos per class folder scored;
-#: photos the other catalogue metrics score (the table's cost grows with each)
-STEPS, MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS, METRIC_IMAGES = 20, 8, 1, 1, 1, 4
-#: pointing-game mosaics of the methods whose cost grows with the pixels (a mosaic has four photos' pixels)
-COSTLY_MOSAICS, COSTLY = 2, ("windows", "masks", "channels", "passes")
+#: deletion/insertion steps unless --steps says; blocks randomised for the figure; photos in the randomisation
+#: check (and the metrics that explain again); photos per class folder scored; photos the other catalogue
+#: metrics score (the table's cost grows with each). The costly methods are scored on their share of the
+#: photos and mosaics (:data:`deepscope.report.base.COST_SHARES`).
+STEPS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS, METRIC_IMAGES = 20, 1, 1, 1, 4
 
 
 INTRO = ("How faithful each saliency method is: deletion and insertion AUC (Petsiuk et al. 2018), the grid "
@@ -35,22 +34,30 @@ def trust_section(ctx: ReportContext) -> Section:
     steps = settings.steps or STEPS
     options = {name: ctx.method_options(name) for name in methods}
     per_class = _photos_per_class(ctx)
-    parts = [methods, options, per_class, steps, MOSAICS, COSTLY_MOSAICS, CASCADE_STEPS, RANDOMIZATION_IMAGES,
-             TRUST_METRICS, METRIC_IMAGES, settings.seed]
+    shares = {name: cost_share(name) for name in methods}
+    parts = [methods, options, per_class, steps, sorted((name, repr(share)) for name, share in shares.items()),
+             CASCADE_STEPS, RANDOMIZATION_IMAGES, TRUST_METRICS, METRIC_IMAGES, settings.seed]
     key = make_key("trust", parts, ctx.model_key, ctx.images_key)
-    stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, methods, steps, options, per_class),
+    scored = [name for name in methods if shares[name].trust != 0]
+    stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, scored, steps, options, per_class),
                                       _read_trust)
     rows = stored["rows"]
     headers = [header for _, header, _ in table_columns(rows)]
     table = [format_row(row, rows) for row in rows]
-    items = [Table(headers, table, f"{loaded.name} on {stored['images']} photo(s), {steps} deletion/insertion steps, "
-                                   f"up to {MOSAICS} pointing-game mosaics ({COSTLY_MOSAICS} for the methods that "
-                                   "cost many passes: per window, mask, channel or step), "
-                                   f"{min(METRIC_IMAGES, stored['images'])} photo(s) for "
-                                   f"ROAD, infidelity and average drop/increase, {RANDOMIZATION_IMAGES} for the "
-                                   f"randomisation, sensitivity-max and eMPRT, seed {settings.seed}; mean ± standard "
-                                   "error. random and center are controls: they show chance level.")]
+    mosaics = sorted({share.mosaics for name, share in shares.items() if name in scored}, reverse=True)
+    items = [Table(headers, table, f"{loaded.name} on up to {stored['images']} photo(s) (the photos column: methods "
+                                   "that cost many passes per map are scored on fewer), "
+                                   f"{steps} deletion/insertion steps, {' or '.join(map(str, mosaics))} pointing-game "
+                                   f"mosaics, up to {METRIC_IMAGES} photo(s) for ROAD, infidelity and average "
+                                   f"drop/increase, {RANDOMIZATION_IMAGES} for the randomisation, sensitivity-max and "
+                                   f"eMPRT, seed {settings.seed}; mean ± standard error. random and center are "
+                                   "controls: they show chance level.")]
     items += [Note(f"{row['method']}: {row['error']}") for row in rows if row["error"]]
+    unscored = [name for name in methods if name not in scored]
+    if unscored:
+        items.append(Note(f"Not scored here, to keep the report within minutes: {', '.join(unscored)} (a map costs "
+                          f"{'; '.join(sorted({COSTS[get_method(name).cost] for name in unscored}))}). "
+                          f"`deepscope evaluate MODEL IMAGES --methods {','.join(unscored)}` scores them."))
     quick = ", ".join(f"{name} {', '.join(f'{k}={v}' for k, v in opts.items())}" for name, opts in options.items() if opts)
     if quick:
         items.append(Note(f"Quick settings for the costly methods: {quick}. "
@@ -96,22 +103,20 @@ def _photos_per_class(ctx: ReportContext) -> int:
 
 
 def _evaluate(ctx: ReportContext, methods: list[str], steps: int, options: dict, per_class: int) -> dict:
-    from deepscope.catalogue import get_method
-
     loaded, settings = ctx.loaded, ctx.settings
     results = {}
-    for costly in (False, True):  # the costly methods score fewer mosaics
-        chosen = [name for name in methods if (get_method(name).cost in COSTLY) == costly]
+    for share in dict.fromkeys(COST_SHARES.values()):  # the costly methods score fewer photos and mosaics
+        chosen = [name for name in methods if cost_share(name) == share]
         if chosen:
             found = evaluate_methods(
-                loaded, ctx.images, chosen, images_per_class=per_class, mosaics=COSTLY_MOSAICS if costly else MOSAICS,
+                loaded, ctx.images, chosen, images_per_class=per_class, max_images=share.trust, mosaics=share.mosaics,
                 steps=steps, cascade_steps=CASCADE_STEPS, randomization_images=RANDOMIZATION_IMAGES,
                 batch_size=settings.batch_size, seed=settings.seed, method_options=options, photos=ctx.photos,
                 metric_images=METRIC_IMAGES, progress=settings.progress)
             results.update((result.method, result) for result in found)
     results = [results[name] for name in methods]
     done = [r for r in results if r.deletion is not None]
-    stored = {"rows": [r.row() for r in results], "images": len(done[0].deletion.auc) if done else 0}
+    stored = {"rows": [r.row() for r in results], "images": max((len(r.deletion.auc) for r in done), default=0)}
     if done:
         stored["curves"] = png_tensor(perturbation_curves_figure({r.method: (r.deletion, r.insertion) for r in done}))
         first = readable_selection(ctx.images, per_class, settings.seed, ctx.photos).paths[:1]
