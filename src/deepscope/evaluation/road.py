@@ -37,6 +37,9 @@ from deepscope.probe import Probe, fast_layout
 from deepscope.targets import Target
 
 ORDERS = ("morf", "lerf")
+#: images imputed together: the solver streams its arrays many times per iteration, so small batches that stay
+#: in the CPU's caches are faster per image (about 1.5x at 4 against 32 on the 2-core development machine)
+IMPUTATION_CHUNK = 4
 PERCENTAGES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 
@@ -109,7 +112,7 @@ def road(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Tar
     seed : int
         Seed of the noise.
     batch_size : int
-        Imputed images solved and run together (memory: about 60 values per input value each).
+        Imputed images run through the model together (they are solved :data:`IMPUTATION_CHUNK` at a time).
     """
     check_maps(inputs, maps)
     check_positive(batch_size=batch_size)
@@ -144,7 +147,9 @@ def road(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Tar
             for chunk in torch.arange(len(images), device=device).split(batch_size):
                 image = images[chunk]
                 removed = ranks[order][image] < removed_counts[chunk].view(-1, 1, 1, 1)
-                imputed = noisy_linear_imputation(inputs[image], removed, noise=noise, generator=generator)
+                imputed = torch.cat([noisy_linear_imputation(inputs[part], mask, noise=noise, generator=generator)
+                                     for part, mask in zip(image.split(IMPUTATION_CHUNK),
+                                                           removed.split(IMPUTATION_CHUNK))])
                 with Probe(model, detach=True), torch.inference_mode():
                     scores[chunk] = target_probability(model(fast_layout(imputed)), resolved, image)
                 bar.update(len(chunk))
