@@ -219,8 +219,10 @@ def evaluate_methods(loaded: LoadedModel, images: ImageSet, methods: Sequence[st
     for name, entry in tqdm(entries.items(), desc="methods", unit="method", disable=not progress):
         options = {**entry.offered(layer=layer, batch_size=batch_size, seed=seed), **extra.get(name, {})}
 
-        def build(model, name=name, options=options):
-            return build_method(name, model, preprocess=loaded.preprocess, **options)
+        def build(model, name=name, options=options, batch_size=None):
+            """The method for ``model``; ``batch_size`` replaces the method's own where it has one."""
+            chosen = {**options, "batch_size": batch_size} if batch_size and "batch_size" in options else options
+            return build_method(name, model, preprocess=loaded.preprocess, **chosen)
 
         started = time.perf_counter()
         evaluation = MethodEvaluation(name)
@@ -256,10 +258,11 @@ def _score(evaluation: MethodEvaluation, build, loaded: LoadedModel, inputs: tor
         index = torch.tensor(labelled, device=inputs.device)
         try:
             with timed("pointing"):
+                # a mosaic has 4x the pixels of a photo: a quarter of the mosaics and of the method's own batch
                 evaluation.pointing = grid_pointing_game(
-                    method, loaded.model, inputs[index], [chosen.labels[i] for i in labelled], mosaics=mosaics,
-                    seed=seed, batch_size=max(1, ATTRIBUTION_CHUNK // 4), reduction=reduction,
-                    progress=progress)  # 4x the pixels per input
+                    build(loaded.model, batch_size=max(1, batch_size // 4)), loaded.model, inputs[index],
+                    [chosen.labels[i] for i in labelled], mosaics=mosaics, seed=seed,
+                    batch_size=max(1, ATTRIBUTION_CHUNK // 4), reduction=reduction, progress=progress)
         except DeepscopeError as error:  # too few correct photos, or a fixed-size model
             evaluation.error = f"pointing game: {error}"
     with timed("randomization"):

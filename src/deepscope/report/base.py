@@ -100,8 +100,8 @@ class CostShare:
 
 #: the report's share of photos per cost class: what keeps the report over 20 classes within minutes on a
 #: 2-core CPU (the README gives the measured times)
-COST_SHARES = {"free": CostShare(None, None, 8), "one pass": CostShare(None, None, 8),
-               "passes": CostShare(8, 8, 2), "channels": CostShare(8, 8, 2), "windows": CostShare(8, 8, 2),
+COST_SHARES = {"free": CostShare(None, None, 4), "one pass": CostShare(None, None, 4),
+               "passes": CostShare(8, 8, 1), "channels": CostShare(8, 8, 1), "windows": CostShare(8, 8, 1),
                "masks": CostShare(2, 0, 0)}
 
 

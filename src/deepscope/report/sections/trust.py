@@ -14,7 +14,7 @@ from deepscope.trust_table import (TRUST_METRICS, MethodEvaluation, evaluate_met
 #: check (and the metrics that explain again); photos per class folder scored; photos the other catalogue
 #: metrics score (the table's cost grows with each). The costly methods are scored on their share of the
 #: photos and mosaics (:data:`deepscope.report.base.COST_SHARES`).
-STEPS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS, METRIC_IMAGES = 20, 1, 1, 1, 4
+STEPS, CASCADE_STEPS, RANDOMIZATION_IMAGES, PER_CLASS, METRIC_IMAGES = 10, 1, 1, 1, 2
 
 
 INTRO = ("How faithful each saliency method is: deletion and insertion AUC (Petsiuk et al. 2018), the grid "
