@@ -333,3 +333,19 @@ def test_every_catalogue_method_plugs_into_the_metrics(tiny_cnn):
         cascade = cascading_randomization(lambda m: build_method(name, m, **options), tiny_cnn, x, max_steps=1)
         assert cascade.layers == ["7"] and cascade.maps.shape[:2] == (2, 2), name
     assert_unchanged(tiny_cnn, before)
+
+
+def test_trust_table_cells_line_up_with_their_headers():
+    from deepscope.evaluation.metrics import METRICS
+    from deepscope.trust_table import MethodEvaluation, format_row, table_columns, table_text
+
+    evaluation = MethodEvaluation("gradient", seconds=7.0)
+    evaluation.metrics = {"road-gap": torch.tensor([0.25, 0.75]), "emprt": torch.tensor([0.5])}
+    evaluation.deletion = type("Curve", (), {"auc": torch.tensor([0.1, 0.2, 0.3])})()
+    rows = [evaluation.row()]
+    headers = [header for _, header, _ in table_columns(rows)]
+    cells = dict(zip(headers, format_row(rows[0], rows), strict=True))
+    assert cells["photos"] == "3" and cells["seconds"] == "7"
+    assert cells[METRICS["road-gap"].header].startswith("0.500") and cells[METRICS["emprt"].header] == "0.500"
+    text_headers = table_text(rows).splitlines()[0].split()
+    assert text_headers[-2:] == ["photos", "s"]

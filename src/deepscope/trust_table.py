@@ -54,10 +54,10 @@ _OWN_COLUMNS = ("deletion", "insertion", "cascading-randomization")
 
 
 def table_columns(rows: Sequence[dict] = ()) -> list[tuple[str, str, str]]:
-    """The table's columns: :data:`COLUMNS`, then one per catalogue metric the rows hold (before seconds)."""
+    """The table's columns: :data:`COLUMNS`, with one per catalogue metric the rows hold before photos and seconds."""
     present = [name for name in METRICS if any(name in row for row in rows)]
     extra = [(name, get_metric(name).header, get_metric(name).summary) for name in present]
-    return [*COLUMNS[:-1], *extra, COLUMNS[-1]]
+    return [*COLUMNS[:-2], *extra, *COLUMNS[-2:]]
 
 
 def check_metrics(metrics: Mapping[str, Mapping] | Sequence[str] | None) -> dict[str, dict]:

@@ -57,7 +57,8 @@ def trust_section(ctx: ReportContext) -> Section:
     if unscored:
         items.append(Note(f"Not scored here, to keep the report within minutes: {', '.join(unscored)} (a map costs "
                           f"{'; '.join(sorted({COSTS[get_method(name).cost] for name in unscored}))}). "
-                          f"`deepscope evaluate MODEL IMAGES --methods {','.join(unscored)}` scores them."))
+                          f"`deepscope evaluate MODEL IMAGES --methods {','.join(unscored)}` scores "
+                          f"{'it' if len(unscored) == 1 else 'them'}."))
     quick = ", ".join(f"{name} {', '.join(f'{k}={v}' for k, v in opts.items())}" for name, opts in options.items() if opts)
     if quick:
         items.append(Note(f"Quick settings for the costly methods: {quick}. "
