@@ -1,5 +1,5 @@
 """Adaptive drill-down (approximate occlusion): which windows it computes and what it interpolates, by hand; the
-exact map at drill_down=1; its SSIM check off the coarse grid; its options."""
+exact map at drill_down=1; its SSIM check off the coarse grid; its options in the library and the catalogue."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from torch import nn
 import deepscope.attribution.occlusion as occlusion_module
 from deepscope.attribution import Occlusion
 from deepscope.attribution.occlusion import CoarseGrid, map_ssim, spread_windows
+from deepscope.catalogue import build_method, parse_method_options
 from deepscope.errors import DeepscopeError
 
 
@@ -244,3 +245,29 @@ def test_drill_down_true_is_the_default_fraction():
     assert method.drill_down == occlusion_module.DEFAULT_DRILL_DOWN
     assert method.coarse_factor == occlusion_module.DEFAULT_COARSE_FACTOR
     assert Occlusion(tf_like_net(), drill_down=False).drill_down is None
+
+
+def test_the_catalogue_options_round_trip():
+    parsed = parse_method_options(["occlusion.drill_down=0.25", "occlusion.coarse_factor=3",
+                                   "occlusion.approximate=none", "occlusion.check=2"])
+    assert parsed == {"occlusion": {"drill_down": 0.25, "coarse_factor": 3, "approximate": None, "check": 2}}
+    method = build_method("occlusion", tf_like_net(), **parsed["occlusion"])
+    assert (method.drill_down, method.coarse_factor, method.approximate, method.check) == (0.25, 3, None, 2)
+    assert build_method("occlusion", tf_like_net(), approximate=0.5).approximate == 0.5
+    exact = build_method("occlusion", tf_like_net())
+    assert exact.drill_down is None and exact.approximate is None
+    for bad, expected in [("occlusion.drill_down=1.5", "at most 1"), ("occlusion.approximate=0", "at least 0.01"),
+                          ("occlusion.coarse_factor=1", "at least 2"), ("occlusion.drill_down=lots", "a number")]:
+        with pytest.raises(DeepscopeError, match=expected):
+            parse_method_options([bad])
+
+
+def test_explain_takes_the_drill_down_option(tmp_path, capsys):
+    from deepscope.cli import main
+
+    argv = ["explain", "default", "--random-weights", "--method", "occlusion", "--limit", "1", "--quiet", "--option",
+            "occlusion.window=64", "--option", "occlusion.stride=32", "--option", "occlusion.coarse_factor=2"]
+    assert main([*argv, "--option", "occlusion.drill_down=0.25", "--out", str(tmp_path / "a")]) == 0, \
+        capsys.readouterr().err
+    assert main([*argv, "--option", "occlusion.drill_down=2", "--out", str(tmp_path / "b")]) == 2
+    assert "option drill_down must be at most 1" in capsys.readouterr().err
