@@ -1,7 +1,9 @@
-"""Approximate occlusion (projective-field thresholding) vs the exact incremental path vs full forward passes.
+"""Approximate occlusion (projective-field thresholding, adaptive drill-down) vs the exact incremental path vs full
+forward passes.
 
-    nice python bench/bench_occlusion_approx.py [--model PATH] [--images 2] [--taus 0.9,0.5] [--threads 2]
-                                                [--repeat 1] [--batch-size 64] [--no-full] [--fast-malloc]
+    nice python bench/bench_occlusion_approx.py [--model PATH] [--images 2] [--taus 0.9,0.5] [--drill 0.1,0.05@3]
+                                                [--combine] [--threads 2] [--repeat 1] [--batch-size 64] [--no-full]
+                                                [--fast-malloc]
 
 Occlusion with a 16 px window and stride 4 (2,809 windows per 224 px photo) on ``--images`` in20 photos (one
 per class), by default with the imported MobileNet-V2 (Coral's quantised TFLite file, dequantised).
@@ -10,14 +12,19 @@ Contenders, all deepscope's ``Occlusion`` in the same process, image by image, `
 - ``full``: a full forward pass per window (``incremental=False``);
 - ``exact``: the exact incremental path (the default, cut where its estimated cost is lowest);
 - ``tau=T``: approximate occlusion, ``approximate=T``, without the exact check (``check=0``) and with the
-  default check (``check=4``: every 4th row and column of windows also computed exactly, for ``ssim_``).
+  default check (``check=4``: every 4th row and column of windows also computed exactly, for ``ssim_``);
+- ``drill=D@F``: adaptive drill-down, ``drill_down=D, coarse_factor=F`` (``--drill 0.1`` is at the default
+  factor), without and with the default check (windows off the coarse grid: every ``ceil(4 / F)``-th middle of
+  its gaps);
+- with ``--combine``: ``tau=T drill=D@F`` for every pair, with the check.
 
 Each round runs every contender once, interleaved, so a burst of load from other processes hits one round;
 the fastest of ``--repeat`` rounds counts (wall time; the process's CPU seconds per photo are printed too,
 less disturbed by other processes on a shared machine). Printed: seconds per photo, the speed ratios against the exact
 path and against full passes, and the SSIM of each approximate map against the exact map (signed maps,
 the exact map's range as data range; mean and lowest over photos) next to the check's estimate
-(``ssim_``). Then, per contender, the estimated cost per window relative to a full pass (multiply-adds
+(``ssim_``, mean and lowest), and the windows computed per photo (the check's among them). Then, per contender,
+the estimated cost per window relative to a full pass (multiply-adds
 plus memory traffic, :func:`~deepscope.attribution.incremental.plan_costs`), split into the layers before
 the 14x14 maps, the 14x14 and 7x7 maps, and the copying at the cuts: what remains after the truncation.
 """
@@ -36,7 +43,7 @@ import torch
 from allocator import malloc_regime, use_fast_malloc
 from deepscope.attribution import Occlusion
 from deepscope.attribution.incremental import ConePlan, conv_costs, local_stages, plan_costs
-from deepscope.attribution.occlusion import map_ssim
+from deepscope.attribution.occlusion import DEFAULT_COARSE_FACTOR, map_ssim
 from deepscope.images import load_inputs, scan_images
 from deepscope.models.zoo import load_model
 from deepscope.probe import Probe
@@ -86,11 +93,20 @@ def cost_shares(model, x, method: Occlusion) -> str:
     return f"{total:.2f} = " + " + ".join(f"{name} {share:.2f}" for name, share in shares.items())
 
 
+def drill_spec(text: str) -> tuple[float, int]:
+    """``0.1`` or ``0.1@3`` -> (drill_down, coarse_factor)."""
+    fraction, _, factor = text.partition("@")
+    return float(fraction), int(factor) if factor else DEFAULT_COARSE_FACTOR
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--images", type=int, default=2, help="in20 photos (default 2)")
-    parser.add_argument("--taus", default="0.9,0.5", help="projective-field thresholds to time")
+    parser.add_argument("--taus", default="0.9,0.5", help="projective-field thresholds to time ('' for none)")
+    parser.add_argument("--drill", default="", help="drill-down fractions to time, each at the default coarse factor "
+                        f"({DEFAULT_COARSE_FACTOR}) or at F with D@F, e.g. 0.1,0.05@3")
+    parser.add_argument("--combine", action="store_true", help="also time every tau with every drill-down")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64, help="occluded images per forward (all contenders)")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds; the fastest counts")
@@ -118,9 +134,19 @@ def main(argv=None) -> int:
     contenders = {"exact": occlusion()}
     if not args.no_full:
         contenders["full"] = occlusion(incremental=False)
-    for tau in [float(t) for t in args.taus.split(",")]:
+    taus = [float(t) for t in args.taus.split(",") if t.strip()]
+    drills = [drill_spec(d) for d in args.drill.split(",") if d.strip()]
+    for tau in taus:
         contenders[f"tau={tau:g}"] = occlusion(approximate=tau, check=0)
         contenders[f"tau={tau:g} checked"] = occlusion(approximate=tau, check=4)
+    for fraction, factor in drills:
+        contenders[f"drill={fraction:g}@{factor}"] = occlusion(drill_down=fraction, coarse_factor=factor, check=0)
+        contenders[f"drill={fraction:g}@{factor} checked"] = occlusion(drill_down=fraction, coarse_factor=factor,
+                                                                        check=4)
+    for tau in taus if args.combine else []:
+        for fraction, factor in drills:
+            contenders[f"tau={tau:g} drill={fraction:g}@{factor} checked"] = occlusion(
+                approximate=tau, drill_down=fraction, coarse_factor=factor, check=4)
     occlusion()(x[:1, :, :64, :64], target=targets[:1])  # warm-up: first calls pay for kernel selection
     best = {name: float("inf") for name in contenders}
     cpu = dict(best)
@@ -139,20 +165,29 @@ def main(argv=None) -> int:
                 estimates[name] = torch.cat(checks)
 
     exact_s = best["exact"] / n
-    print(f"{'contender':<18} {'s/photo':>8} {'cpu s':>7} {'exact/this':>11} {'full/this':>10} {'SSIM mean':>10} {'SSIM min':>9} "
-          f"{'check est.':>10}  cut at; estimated cost per window / full pass")
+    width = max(map(len, contenders))
+    print(f"{'contender':<{width}} {'s/photo':>8} {'cpu s':>7} {'exact/this':>11} {'full/this':>10} {'SSIM mean':>10} "
+          f"{'SSIM min':>9} {'check mean':>10} {'check min':>9} {'windows':>7} {'checked':>7}  "
+          "cut at; estimated cost per window / full pass")
+
+    def approximating(method):
+        return method.approximate is not None or method.drill_down is not None
+
     for name, method in contenders.items():
         seconds = best[name] / n
         full = f"{best['full'] / best[name]:>9.2f}x" if "full" in best else f"{'-':>10}"
-        if method.approximate is not None:
+        if approximating(method):
             ssim = map_ssim(maps[name], maps["exact"])
             quality = f"{float(ssim.mean()):>10.3f} {float(ssim.min()):>9.3f}"
-            estimate = f"{float(estimates[name].min()):>10.3f}" if name in estimates else f"{'-':>10}"
+            estimate = f"{float(estimates[name].mean()):>10.3f} {float(estimates[name].min()):>9.3f}" \
+                if name in estimates else f"{'-':>10} {'-':>9}"
         else:
-            quality, estimate = f"{'(exact)':>10} {'':>9}", f"{'':>10}"
-        print(f"{name:<18} {seconds:>8.2f} {cpu[name] / n:>7.1f} {exact_s / seconds:>10.2f}x {full} {quality} {estimate}  "
-              f"{method.cut_layer_}; {cost_shares(model, x, method)}", flush=True)
-    reached = [name for name, method in contenders.items() if method.approximate is not None
+            quality, estimate = f"{'(exact)':>10} {'':>9}", f"{'':>10} {'':>9}"
+        windows, checked = method.windows_
+        print(f"{name:<{width}} {seconds:>8.2f} {cpu[name] / n:>7.1f} {exact_s / seconds:>10.2f}x {full} {quality} "
+              f"{estimate} {windows + checked:>7} {checked:>7}  {method.cut_layer_}; {cost_shares(model, x, method)}",
+              flush=True)
+    reached = [name for name, method in contenders.items() if approximating(method)
                and best["exact"] / best[name] >= TARGET_RATIO
                and float(map_ssim(maps[name], maps["exact"]).min()) >= TARGET_SSIM]
     print(f"# target: >= {TARGET_RATIO}x faster than exact at SSIM >= {TARGET_SSIM}: "

@@ -48,6 +48,9 @@ def test_ill_typed_options_are_refused(name, tiny_cnn):
         if option.minimum is not None:
             with pytest.raises(DeepscopeError, match="at least"):
                 build_method(name, tiny_cnn, **{option.name: option.kind(option.minimum - 1)})
+        if option.maximum is not None:
+            with pytest.raises(DeepscopeError, match="at most"):
+                build_method(name, tiny_cnn, **{option.name: option.kind(option.maximum + 1)})
 
 
 def test_options_mean_one_thing():

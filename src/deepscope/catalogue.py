@@ -44,7 +44,7 @@ from deepscope.attribution.integrated_gradients import METHODS as QUADRATURES
 from deepscope.attribution.integrated_gradients import IntegratedGradients
 from deepscope.attribution.lrp import COMPOSITES, LRP
 from deepscope.attribution.occlusion import BASELINES as OCCLUSION_BASELINES
-from deepscope.attribution.occlusion import SCORES, Occlusion
+from deepscope.attribution.occlusion import DEFAULT_COARSE_FACTOR, SCORES, Occlusion
 from deepscope.attribution.rise import RISE
 from deepscope.attribution.smoothgrad import SmoothGrad, VarGrad
 from deepscope.errors import DeepscopeError, did_you_mean
@@ -87,8 +87,8 @@ class Option:
         One line for help texts and the README.
     choices : tuple of str
         For ``str`` options: the valid values.
-    minimum : float, optional
-        The smallest valid value of a number (inclusive).
+    minimum, maximum : float, optional
+        The smallest and the largest valid value of a number (inclusive).
     optional : bool
         ``None`` is valid (it means: the method decides, e.g. the default CAM layer).
     """
@@ -99,6 +99,7 @@ class Option:
     meaning: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None
     optional: bool = False
 
     def check(self, method: str, value: Any) -> Any:
@@ -117,6 +118,8 @@ class Option:
                                  f"got {value!r}.{did_you_mean(str(value), self.choices)}")
         if self.minimum is not None and value < self.minimum:
             raise DeepscopeError(f"{method}: option {self.name} must be at least {self.minimum:g}, got {value!r}.")
+        if self.maximum is not None and value > self.maximum:
+            raise DeepscopeError(f"{method}: option {self.name} must be at most {self.maximum:g}, got {value!r}.")
         return value
 
     def parse(self, method: str, text: str) -> Any:
@@ -142,6 +145,8 @@ class Option:
         words = f"one of {', '.join(self.choices)}" if self.choices else _TYPE_NAMES.get(self.kind, self.kind.__name__)
         if self.minimum is not None:
             words += f" >= {self.minimum:g}"
+        if self.maximum is not None:
+            words += f" <= {self.maximum:g}"
         return words + (" or none" if self.optional else "")
 
     def describe(self) -> str:
@@ -280,7 +285,16 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in [
                  Option("score", str, "logit", "the score whose drop is measured", choices=SCORES),
                  _batch_option(64, "occluded images"),
                  Option("incremental", bool, True, "exact incremental evaluation of the patch's cone (false: "
-                        "a full forward pass per window)")),
+                        "a full forward pass per window)"),
+                 Option("approximate", float, None, "approximate occlusion by projective-field thresholding "
+                        "(Krypton): the threshold tau; none: exact", minimum=0.01, maximum=1, optional=True),
+                 Option("drill_down", float, None, "approximate occlusion by adaptive drill-down (Krypton): the "
+                        "fraction of the windows left out by a coarse pass that are computed, the others "
+                        "interpolated; none: exact", minimum=0, maximum=1, optional=True),
+                 Option("coarse_factor", int, DEFAULT_COARSE_FACTOR, "with drill_down: the coarse pass computes "
+                        "every n-th row and column of windows", minimum=2),
+                 Option("check", int, 4, "approximate maps: windows on every n-th row and column are also computed "
+                        "exactly to report the SSIM against the exact map (0: no check)", minimum=0)),
                 cost="windows", settings=("progress",)),
     MethodEntry("smoothgrad", SmoothGrad, "Smilkov et al. 2017",
                 "gradient saliency averaged over copies of the image with Gaussian noise",
