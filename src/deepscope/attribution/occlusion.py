@@ -223,11 +223,11 @@ class Occlusion(Attribution):
             coarse = CoarseGrid.build(grid, self.coarse_factor) \
                 if self.drill_down is not None and self.drill_down < 1 else None
             drilled = coarse.drilled_count(self.drill_down) if coarse else 0
-            interpolated = coarse is not None and len(coarse.indices) + drilled < len(positions)
+            computed = len(coarse.indices) + drilled if coarse else len(positions)
+            interpolated = computed < len(positions)
             lines, spacing = self._checked_lines(grid, coarse if interpolated else None) \
                 if (capped or interpolated) and self.check else (([], []), 0)
             checked = [row * grid[1] + col for row in lines[0] for col in lines[1]]
-            computed = len(coarse.indices) + drilled if interpolated else len(positions)
             self.windows_ = (computed, len(checked))
             bar = tqdm(total=n * sum(self.windows_), desc="occlusion", unit="window",
                        disable=not self.progress, leave=False)

@@ -16,8 +16,8 @@ from deepscope.cache import expect, expect_keys, expect_tensor, file_digest, mak
 from deepscope.catalogue import ATTRIBUTION_CHUNK, COSTS, get_method, method_names
 from deepscope.errors import DeepscopeError, UnsupportedModelError
 from deepscope.maps import Display, display_maps
-from deepscope.render.report import heatmap_layer_uri, photo_uri
 from deepscope.images import evenly_spaced
+from deepscope.render.report import heatmap_layer_uri, photo_uri
 from deepscope.report.base import MapLayer, ReportContext, SaliencyCard, Section, Table, cost_share
 
 
@@ -90,7 +90,8 @@ def _method_layers(ctx: ReportContext, name: str, samples: list[int], pixels: to
     keys = [make_key("saliency", ctx.model_key, name, repr(method), file_digest(ctx.images.paths[i]), int(target), size)
             for i, target in zip(samples, targets)]
     share = evenly_spaced(len(samples), cost_share(name).gallery)
-    stored = [ctx.cache.load("maps", keys[row], lambda entry: _read_map(entry, size)) if row in share else None
+    shared = set(share)
+    stored = [ctx.cache.load("maps", keys[row], lambda entry: _read_map(entry, size)) if row in shared else None
               for row in range(len(samples))]
     todo = [row for row in share if stored[row] is None]
     bar.update(len(samples) - len(todo))

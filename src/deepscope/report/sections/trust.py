@@ -6,7 +6,7 @@ from deepscope.cache import expect, expect_keys, make_key
 from deepscope.catalogue import COSTS, get_method, method_names
 from deepscope.render.evaluation import perturbation_curves_figure, randomization_figure
 from deepscope.render.report import data_uri, png_tensor
-from deepscope.report.base import COST_SHARES, Figure, Note, ReportContext, Section, Table, cost_share, read_png
+from deepscope.report.base import CostShare, Figure, Note, ReportContext, Section, Table, cost_share, read_png
 from deepscope.trust_table import (TRUST_METRICS, MethodEvaluation, evaluate_methods, format_row, readable_selection,
                                    table_columns)
 
@@ -38,13 +38,13 @@ def trust_section(ctx: ReportContext) -> Section:
     parts = [methods, options, per_class, steps, sorted((name, repr(share)) for name, share in shares.items()),
              CASCADE_STEPS, RANDOMIZATION_IMAGES, TRUST_METRICS, METRIC_IMAGES, settings.seed]
     key = make_key("trust", parts, ctx.model_key, ctx.images_key)
-    scored = [name for name in methods if shares[name].trust != 0]
+    scored = {name: share for name, share in shares.items() if share.trust != 0}
     stored = ctx.cache.get_or_compute("trust", key, lambda: _evaluate(ctx, scored, steps, options, per_class),
                                       _read_trust)
     rows = stored["rows"]
     headers = [header for _, header, _ in table_columns(rows)]
     table = [format_row(row, rows) for row in rows]
-    mosaics = sorted({share.mosaics for name, share in shares.items() if name in scored}, reverse=True)
+    mosaics = sorted({share.mosaics for share in scored.values()}, reverse=True)
     items = [Table(headers, table, f"{loaded.name} on up to {stored['images']} photo(s) (the photos column: methods "
                                    "that cost many passes per map are scored on fewer), "
                                    f"{steps} deletion/insertion steps, {' or '.join(map(str, mosaics))} pointing-game "
@@ -103,19 +103,19 @@ def _photos_per_class(ctx: ReportContext) -> int:
     return PER_CLASS if labelled else ctx.settings.max_images
 
 
-def _evaluate(ctx: ReportContext, methods: list[str], steps: int, options: dict, per_class: int) -> dict:
+def _evaluate(ctx: ReportContext, shares: dict[str, CostShare], steps: int, options: dict, per_class: int) -> dict:
+    """The table of the methods ``shares`` names, each scored on its share of photos and mosaics."""
     loaded, settings = ctx.loaded, ctx.settings
     results = {}
-    for share in dict.fromkeys(COST_SHARES.values()):  # the costly methods score fewer photos and mosaics
-        chosen = [name for name in methods if cost_share(name) == share]
-        if chosen:
-            found = evaluate_methods(
-                loaded, ctx.images, chosen, images_per_class=per_class, max_images=share.trust, mosaics=share.mosaics,
-                steps=steps, cascade_steps=CASCADE_STEPS, randomization_images=RANDOMIZATION_IMAGES,
-                batch_size=settings.batch_size, seed=settings.seed, method_options=options, photos=ctx.photos,
-                metric_images=METRIC_IMAGES, progress=settings.progress)
-            results.update((result.method, result) for result in found)
-    results = [results[name] for name in methods]
+    for share in dict.fromkeys(shares.values()):  # the costly methods score fewer photos and mosaics
+        chosen = [name for name, other in shares.items() if other == share]
+        found = evaluate_methods(
+            loaded, ctx.images, chosen, images_per_class=per_class, max_images=share.trust, mosaics=share.mosaics,
+            steps=steps, cascade_steps=CASCADE_STEPS, randomization_images=RANDOMIZATION_IMAGES,
+            batch_size=settings.batch_size, seed=settings.seed, method_options=options, photos=ctx.photos,
+            metric_images=METRIC_IMAGES, progress=settings.progress)
+        results.update((result.method, result) for result in found)
+    results = [results[name] for name in shares]
     done = [r for r in results if r.deletion is not None]
     stored = {"rows": [r.row() for r in results], "images": max((len(r.deletion.auc) for r in done), default=0)}
     if done:
